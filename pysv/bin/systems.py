@@ -1,0 +1,63 @@
+"""Recipe helper: expand system names and read values from their configs (used by run.sh).
+
+    python -m pysv.bin.systems list default|all|<name> ...     # system names, one per line
+    python -m pysv.bin.systems get <system> data.feature       # a config value ('' for null)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DEFAULT_SYSTEMS = ["thin_resnet34_angleproto", "thin_resnet34_mmp_balance"]
+# the systems the real-speech results table reports (issue: results on real speech)
+PAPER_SYSTEMS = ["thin_resnet34_angleproto", "thin_resnet34_mp_balance", "thin_resnet34_mmp_balance",
+                 "saep_amsoftmax", "xvector_softmax", "mla_resnet34_mla_sap_fr_dln_softmax",
+                 "rawnet2_mul_add_softmax"]
+
+
+def expand(names, conf_dir="conf"):
+    from pysv.train.config import list_systems
+    available = list_systems(conf_dir)
+    out = []
+    for n in names:
+        for part in n.replace(",", " ").split():
+            if part == "default":
+                out += DEFAULT_SYSTEMS
+            elif part == "paper":
+                out += PAPER_SYSTEMS
+            elif part == "all":
+                out += available
+            elif part in available:
+                out.append(part)
+            else:
+                raise SystemExit(f"unknown system '{part}': no {conf_dir}/{part}.yaml "
+                                 f"(available: default, paper, all, {', '.join(available)})")
+    seen = set()
+    return [s for s in out if not (s in seen or seen.add(s))]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--conf-dir", default="conf")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("list")
+    a.add_argument("names", nargs="+")
+    g = sub.add_parser("get")
+    g.add_argument("system")
+    g.add_argument("key")
+    args = p.parse_args(argv)
+    if args.cmd == "list":
+        print("\n".join(expand(args.names, args.conf_dir)))
+        return 0
+    from pysv.train.config import load_config
+    cfg = load_config(str(Path(args.conf_dir) / f"{args.system}.yaml"))
+    node = cfg
+    for k in args.key.split("."):
+        node = node[k]
+    print("" if node is None else node)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

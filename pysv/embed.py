@@ -1,0 +1,133 @@
+"""Embedding computation shared by per-epoch validation (stage 2) and extraction (stage 3).
+
+Modes (``mode``):
+- ``full``: the whole utterance in one forward pass. Utterances of different lengths are never
+  padded together unless ``pad_batches`` is set, so an embedding does not depend on its batch.
+- ``crops``: ``num_crops`` (10) evenly spaced crops of ``crop_len`` covering the utterance, kept as
+  a ``[num_crops, D]`` matrix (seed 000 §4.2, voxceleb_trainer's evaluation).
+- ``tta``: crops of the training length with 20 % overlap, embeddings averaged (seed 004 §4).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pysv.data.crops import even_crops, sliding_crops, fit_length
+from pysv.utils.io import DataError, read_table
+
+MODES = ("full", "crops", "tta")
+
+
+class UtteranceReader:
+    """Reads one utterance as features ``[frames, dim]`` (from ``feats.scp``) or samples (``wav.scp``).
+
+    ``feature_extractor``: when given with an audio data dir, features are computed on the fly.
+    """
+
+    def __init__(self, data_dir, kind: str = "features", feature_extractor: Optional[Callable] = None,
+                 sample_rate: int = 16000):
+        import kaldiio
+        self.data_dir = Path(data_dir)
+        self.kind = kind
+        self.sample_rate = sample_rate
+        self.extractor = feature_extractor
+        if kind == "features" and feature_extractor is None:
+            scp = self.data_dir / "feats.scp"
+            if not scp.is_file():
+                raise DataError(f"missing features: {scp} (run stage 1 for this set)")
+            self.table = read_table(scp)
+            self._feats = kaldiio.load_scp(str(scp))
+        else:
+            scp = self.data_dir / "wav.scp"
+            self.table = read_table(scp)
+            self._feats = None
+        self.utt2spk = read_table(self.data_dir / "utt2spk")
+
+    @property
+    def utts(self) -> List[str]:
+        return sorted(self.utt2spk)
+
+    def __call__(self, utt: str) -> np.ndarray:
+        if utt not in self.table:
+            src = "feats.scp" if self._feats is not None else "wav.scp"
+            raise DataError(f"utterance '{utt}' has no entry in {self.data_dir / src}")
+        if self._feats is not None:
+            try:
+                return np.asarray(self._feats[utt], dtype=np.float32)
+            except Exception as e:  # missing or truncated ark
+                raise DataError(f"cannot read features of utterance '{utt}' ({self.table[utt]}): {e}") from e
+        import soundfile as sf
+        path = self.table[utt]
+        try:
+            samples, sr = sf.read(path, dtype="float32", always_2d=True)
+        except Exception as e:
+            raise DataError(f"cannot read audio of utterance '{utt}' ({path}): {e}") from e
+        if sr != self.sample_rate:
+            raise DataError(f"utterance '{utt}' ({path}) has sample rate {sr}, expected {self.sample_rate}")
+        samples = samples[:, 0]
+        if self.extractor is not None:
+            return np.asarray(self.extractor(samples, sr), dtype=np.float32)
+        return samples
+
+
+def _crop_batch(x: np.ndarray, starts: Sequence[int], crop_len: int) -> np.ndarray:
+    x = fit_length(x, max(crop_len, len(x)))
+    idx = np.asarray(starts)[:, None] + np.arange(crop_len)[None, :]
+    return x[idx]
+
+
+@torch.no_grad()
+def embed_one(model: torch.nn.Module, x: np.ndarray, device, mode: str = "full",
+              crop_len: Optional[int] = None, num_crops: int = 10, overlap: float = 0.2) -> np.ndarray:
+    """Embedding(s) of one utterance: ``[D]`` for full / tta, ``[num_crops, D]`` for crops."""
+    if mode == "full":
+        t = torch.from_numpy(np.ascontiguousarray(x))[None].to(device)
+        return model(t)[0].float().cpu().numpy()
+    if crop_len is None:
+        raise ValueError(f"mode '{mode}' needs crop_len")
+    if mode == "crops":
+        starts = even_crops(len(x), crop_len, num_crops)
+    elif mode == "tta":
+        starts = sliding_crops(len(x), crop_len, overlap)
+    else:
+        raise ValueError(f"unknown embedding mode '{mode}', expected one of {MODES}")
+    batch = torch.from_numpy(np.ascontiguousarray(_crop_batch(x, starts, crop_len))).to(device)
+    emb = model(batch).float().cpu().numpy()
+    return emb if mode == "crops" else emb.mean(axis=0)
+
+
+def embed_utterances(model: torch.nn.Module, reader: UtteranceReader, utts: Iterable[str], device,
+                     mode: str = "full", crop_len: Optional[int] = None, num_crops: int = 10,
+                     overlap: float = 0.2, progress: bool = False, desc: str = "embeddings") -> Dict[str, np.ndarray]:
+    """Embeddings of ``utts`` (eval mode; the model's train/eval state is restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    out: Dict[str, np.ndarray] = {}
+    try:
+        for utt in tqdm(list(utts), desc=desc, disable=not progress, unit="utt"):
+            emb = embed_one(model, reader(utt), device, mode, crop_len, num_crops, overlap)
+            if not np.all(np.isfinite(emb)):
+                raise DataError(f"non-finite embedding for utterance '{utt}'")
+            out[utt] = emb.astype(np.float32)
+    finally:
+        model.train(was_training)
+    return out
+
+
+def cosine_trial_scores(emb: Dict[str, np.ndarray], trials) -> np.ndarray:
+    """Cosine score of each ``(enroll, test, label)`` trial (vectorized over trials)."""
+    keys = sorted(emb)
+    index = {k: i for i, k in enumerate(keys)}
+    mat = np.stack([emb[k] for k in keys]).astype(np.float64)
+    mat /= np.linalg.norm(mat, axis=1, keepdims=True) + 1e-12
+    missing = [t for t in trials if t[0] not in index or t[1] not in index]
+    if missing:
+        a, b, _ = missing[0]
+        raise DataError(f"trial '{a} {b}' names an utterance with no embedding")
+    ia = np.fromiter((index[t[0]] for t in trials), dtype=np.int64, count=len(trials))
+    ib = np.fromiter((index[t[1]] for t in trials), dtype=np.int64, count=len(trials))
+    return np.einsum("ij,ij->i", mat[ia], mat[ib])

@@ -1,0 +1,167 @@
+"""Thin-ResNet34 + SAP: the backbone of seeds 000/002 (voxceleb_trainer's ``ResNetSE34L``).
+
+Layout (input ``[B, T, 40]`` log-mel, seen as a 1-channel image ``[B, 1, freq, time]``):
+
+    conv 7x7, 16 ch, stride (2 freq, 1 time) - BN - ReLU
+    layer1  3 SE basic blocks, 16 ch,  stride 1
+    layer2  4 SE basic blocks, 32 ch,  stride 2x2
+    layer3  6 SE basic blocks, 64 ch,  stride 2x2
+    layer4  3 SE basic blocks, 128 ch, stride 1 (``last_stride``)
+    mean over frequency -> [B, T/4, 128] -> pooling (SAP | TAP | ASP) -> Linear -> 512-d embedding
+
+The basic block is voxceleb_trainer's ``SEBasicBlock``: conv3x3 - ReLU - BN - conv3x3 - BN - SE
+(reduction 8) - + shortcut - ReLU (note the ReLU *before* the first BN, kept as in the reference).
+About 1.44 M parameters (1.42 M with ``se=False``); "In defence of metric learning" reports 1.4 M.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from .pooling import (AttentiveStatisticsPooling, SelfAttentivePooling, TemporalAveragePooling,
+                      check_lengths, conv_out_lengths, lengths_to_mask, mask_time)
+
+__all__ = ["ThinResNet34"]
+
+
+class _SELayer(nn.Module):
+    """Squeeze-and-excitation over channels; the squeeze averages valid frames only."""
+
+    def __init__(self, channels: int, reduction: int):
+        super().__init__()
+        self.fc = nn.Sequential(nn.Linear(channels, channels // reduction), nn.ReLU(inplace=True),
+                                nn.Linear(channels // reduction, channels), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor]) -> torch.Tensor:
+        if lengths is None:
+            y = x.mean(dim=(2, 3))
+        else:
+            y = mask_time(x, lengths).sum(dim=(2, 3)) / (lengths.to(x.dtype) * x.shape[2]).unsqueeze(1)
+        return x * self.fc(y)[:, :, None, None]
+
+
+class _SEBasicBlock(nn.Module):
+    def __init__(self, inplanes: int, planes: int, stride: int, se: bool, reduction: int):
+        super().__init__()
+        self.stride = stride
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.se = _SELayer(planes, reduction) if se else None
+        self.downsample = None
+        if stride != 1 or inplanes != planes:
+            self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False),
+                                            nn.BatchNorm2d(planes))
+
+    def out_lengths(self, lengths):
+        return conv_out_lengths(lengths, 3, self.stride, 1)
+
+    def forward(self, x, lengths):
+        out_len = self.out_lengths(lengths)
+        out = self.bn1(self.relu(self.conv1(mask_time(x, lengths))))  # reference order: ReLU, BN
+        out = self.bn2(self.conv2(mask_time(out, out_len)))
+        if self.se is not None:
+            out = self.se(out, out_len)
+        residual = x if self.downsample is None else self.downsample(x)  # 1x1: no time mixing
+        return self.relu(out + residual), out_len
+
+
+class ThinResNet34(nn.Module):
+    """Thin-ResNet34 with SAP/TAP/ASP pooling (seeds 000/002 backbone).
+
+    Hyper-parameters:
+      feat_dim (40): mel bins of the input.
+      embed_dim (512): output embedding size (Linear after pooling).
+      pooling ('sap'): 'sap' self-attentive, 'tap' temporal average, 'asp' attentive statistics.
+      channels ((16, 32, 64, 128)), layers ((3, 4, 6, 3)): stage widths and depths.
+      se (True): squeeze-and-excitation in every block, as voxceleb_trainer's ResNetSE34L.
+      se_reduction (8): SE bottleneck ratio.
+      last_stride (1): stride of layer4 (voxceleb_trainer uses 1; 2 halves time once more).
+      instance_norm (False): per-utterance mean/variance normalization of each mel bin over the
+        valid frames (voxceleb_trainer does this inside the model; leave False when the features
+        are already CMVN-normalized).
+    """
+
+    input_kind = "features"
+
+    def __init__(self, feat_dim: int = 40, embed_dim: int = 512, pooling: str = "sap",
+                 channels: Sequence[int] = (16, 32, 64, 128), layers: Sequence[int] = (3, 4, 6, 3),
+                 se: bool = True, se_reduction: int = 8, last_stride: int = 1,
+                 instance_norm: bool = False):
+        super().__init__()
+        channels, layers = tuple(int(c) for c in channels), tuple(int(n) for n in layers)
+        if len(channels) != 4 or len(layers) != 4 or min(channels + layers) < 1:
+            raise ValueError(f"channels and layers must be 4 positive ints, got {channels}, {layers}")
+        if pooling not in ("sap", "tap", "asp"):
+            raise ValueError(f"pooling must be 'sap', 'tap' or 'asp', got {pooling!r}")
+        if last_stride not in (1, 2):
+            raise ValueError(f"last_stride must be 1 or 2, got {last_stride!r}")
+        if feat_dim < 8:
+            raise ValueError(f"feat_dim must be >= 8, got {feat_dim}")
+        self.feat_dim, self.embed_dim = int(feat_dim), int(embed_dim)
+        self.hparams = dict(feat_dim=feat_dim, embed_dim=embed_dim, pooling=pooling,
+                            channels=list(channels), layers=list(layers), se=se,
+                            se_reduction=se_reduction, last_stride=last_stride,
+                            instance_norm=instance_norm)
+        self.instance_norm = bool(instance_norm)
+
+        self.conv1 = nn.Conv2d(1, channels[0], 7, stride=(2, 1), padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels[0])
+        self.relu = nn.ReLU(inplace=True)
+        blocks, inplanes = [], channels[0]
+        for i, (c, n) in enumerate(zip(channels, layers)):
+            stride = (1, 2, 2, last_stride)[i]
+            for j in range(n):
+                blocks.append(_SEBasicBlock(inplanes, c, stride if j == 0 else 1, se, se_reduction))
+                inplanes = c
+        self.blocks = nn.ModuleList(blocks)
+        if pooling == "sap":
+            self.pool = SelfAttentivePooling(channels[3])
+        elif pooling == "asp":
+            self.pool = AttentiveStatisticsPooling(channels[3])
+        else:
+            self.pool = TemporalAveragePooling(channels[3])
+        self.fc = nn.Linear(self.pool.out_dim, self.embed_dim)
+
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Frames after the network (what the pooling sees) for ``lengths`` input frames."""
+        for b in self.blocks:
+            lengths = b.out_lengths(lengths)
+        return lengths
+
+    def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if x.dim() != 3 or x.shape[2] != self.feat_dim:
+            raise ValueError(f"expected features [batch, frames, {self.feat_dim}], got {tuple(x.shape)}")
+        lengths = check_lengths(lengths, x.shape[0], x.shape[1], x.device)
+        if self.instance_norm:
+            x = _instance_norm(x, lengths)
+        x = x.transpose(1, 2).unsqueeze(1)  # [B, 1, F, T]
+        x = self.relu(self.bn1(self.conv1(mask_time(x, lengths))))
+        for b in self.blocks:
+            x, lengths = b(x, lengths)
+        x = x.mean(dim=2).transpose(1, 2)  # collapse frequency -> [B, T', C]
+        return self.fc(self.pool(x, lengths))
+
+
+def _instance_norm(x: torch.Tensor, lengths: Optional[torch.Tensor], eps: float = 1e-5):
+    """Normalize each feature dim of ``[B, T, F]`` to zero mean / unit variance over valid frames."""
+    if lengths is None:
+        mu = x.mean(1, keepdim=True)
+        var = x.var(1, unbiased=False, keepdim=True)
+    else:
+        m = lengths_to_mask(lengths, x.shape[1]).unsqueeze(-1).to(x.dtype)
+        n = lengths.to(x.dtype).view(-1, 1, 1)
+        mu = (x * m).sum(1, keepdim=True) / n
+        var = ((x - mu).pow(2) * m).sum(1, keepdim=True) / n
+    return (x - mu) / torch.sqrt(var + eps)

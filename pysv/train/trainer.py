@@ -1,0 +1,499 @@
+"""One training loop for every encoder × loss system (stage 2).
+
+The run directory ``exp/<system>/`` holds ``config.yaml`` (resolved), ``checkpoints/epoch_NNN.pt``
+(everything needed to resume: model, loss, optimizer, scheduler, AMP scaler, RNG states, history),
+``history.json`` (per-epoch loss / accuracy / validation EER / lr), ``valid_eer.png``, ``train.log``,
+``final.pt`` (encoder weights, averaged over the last K epochs if configured), ``num_params`` and a
+``.done`` marker written last.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from pysv import losses as loss_lib
+from pysv import models as model_lib
+from pysv.train.config import ConfigError, save_config
+from pysv.train.distributed import DistInfo, barrier, broadcast_float
+from pysv.utils.io import DataError, atomic_path, atomic_write, mark_complete, read_table
+
+log = logging.getLogger("pysv.train")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class SpeakerNet(nn.Module):
+    """Encoder + training objective in one module (so DDP synchronises both, e.g. proxies)."""
+
+    def __init__(self, encoder: nn.Module, loss: nn.Module, embed_norm_scale: Optional[float] = None):
+        super().__init__()
+        self.encoder = encoder
+        self.loss = loss
+        self.embed_norm_scale = embed_norm_scale
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor):
+        emb = self.encoder(x)
+        if self.embed_norm_scale:
+            # seed 004's reference model scales the embedding to a fixed norm before the classifier
+            emb = F.normalize(emb, dim=1) * self.embed_norm_scale
+        value = self.loss(emb.float(), labels)
+        acc = getattr(self.loss, "last_accuracy", None)
+        return value, acc
+
+
+# ----------------------------------------------------------------------------------------- data
+class RelabeledSubset(Dataset):
+    """Utterances of the training speakers only, with speaker labels renumbered 0..K-1."""
+
+    def __init__(self, base: Dataset, indices: List[int], label_map: Dict[int, int]):
+        self.base, self.indices, self.label_map = base, indices, label_map
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        x, y = self.base[self.indices[i]]
+        return x, self.label_map[int(y)]
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
+
+
+def features_dir(data_dir: str, feature: str) -> str:
+    return f"{data_dir.rstrip('/')}_{Path(feature).stem}"
+
+
+def split_validation_speakers(spk_list: List[str], num_valid: int, seed: int) -> Tuple[List[str], List[str]]:
+    """Seeded choice of held-out validation speakers (never the test speakers)."""
+    if num_valid == 0:
+        return list(spk_list), []
+    if num_valid >= len(spk_list) - 1:
+        raise ConfigError(f"config key 'data.valid_speakers': {num_valid} leaves fewer than 2 of "
+                          f"{len(spk_list)} speakers for training")
+    rng = random.Random(seed)
+    valid = sorted(rng.sample(sorted(spk_list), num_valid))
+    train = [s for s in spk_list if s not in set(valid)]
+    return train, valid
+
+
+def make_validation_trials(spk2utts: Dict[str, List[str]], max_target: int, nontarget_ratio: float,
+                           seed: int) -> List[Tuple[str, str, int]]:
+    rng = random.Random(seed)
+    target = [(a, b, 1) for utts in spk2utts.values() for i, a in enumerate(utts) for b in utts[i + 1:]]
+    if len(target) > max_target:
+        target = rng.sample(target, max_target)
+    spks = sorted(spk2utts)
+    n_non = int(round(len(target) * nontarget_ratio))
+    non = set()
+    while len(non) < n_non and len(spks) > 1:
+        s1, s2 = rng.sample(spks, 2)
+        non.add((rng.choice(spk2utts[s1]), rng.choice(spk2utts[s2]), 0))
+    return sorted(target) + sorted(non)
+
+
+# ---------------------------------------------------------------------------------------- trainer
+class Trainer:
+    def __init__(self, cfg: Dict[str, Any], exp_dir: str, dist_info: DistInfo, resume: bool = False,
+                 progress: bool = True):
+        self.cfg = cfg
+        self.exp = Path(exp_dir)
+        self.dist = dist_info
+        self.device = dist_info.device
+        self.resume = resume
+        self.progress = progress and dist_info.is_main
+        self.history: List[Dict[str, Any]] = []
+        self.start_epoch = 1
+
+    # ---- set-up ---------------------------------------------------------------------------
+    def build(self) -> None:
+        cfg = self.cfg
+        seed = cfg["seed"]
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+
+        model_name = cfg["model"]["name"]
+        if model_name not in model_lib.MODEL_NAMES:
+            raise ConfigError(f"config key 'model.name': unknown encoder {model_name!r}, "
+                              f"expected one of {model_lib.MODEL_NAMES}")
+        if cfg["loss"]["name"] not in loss_lib.LOSS_NAMES:
+            raise ConfigError(f"config key 'loss.name': unknown loss {cfg['loss']['name']!r}, "
+                              f"expected one of {loss_lib.LOSS_NAMES}")
+        self.input_kind = model_lib.input_kind(model_name)
+        if self.input_kind == "features" and not cfg["data"]["feature"]:
+            raise ConfigError(f"config key 'data.feature': encoder {model_name} needs features")
+        self._check_sampler_compatible()
+        self._build_data()
+        try:
+            encoder = model_lib.build(model_name, **cfg["model"]["hparams"])
+        except TypeError as e:
+            raise ConfigError(f"config key 'model.hparams': {e}") from None
+        try:
+            loss = loss_lib.build(cfg["loss"]["name"], encoder.embed_dim, self.num_classes,
+                                  **cfg["loss"]["hparams"])
+        except TypeError as e:
+            raise ConfigError(f"config key 'loss.hparams': {e}") from None
+        self.num_params = sum(p.numel() for p in encoder.parameters())
+        net = SpeakerNet(encoder, loss, cfg["train"]["embed_norm_scale"]).to(self.device)
+        if self.device.type == "cuda" and cfg["train"]["channels_last"] and model_name in ("thin_resnet34", "mla_resnet34"):
+            net = net.to(memory_format=torch.channels_last)
+        self.net = net
+        self.optimizer = self._build_optimizer()
+        self.scheduler = self._build_scheduler()
+        self.use_amp = bool(cfg["train"]["amp"]) and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        if self.dist.enabled:
+            self.ddp = nn.parallel.DistributedDataParallel(
+                self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=cfg["train"]["find_unused_parameters"])
+        else:
+            self.ddp = self.net
+        if self.resume:
+            self._load_latest()
+
+    def _check_sampler_compatible(self) -> None:
+        cfg = self.cfg
+        need = loss_lib.sampling_requirements(cfg["loss"]["name"], **cfg["loss"]["hparams"])
+        min_per_class = need["min_per_class"] if isinstance(need, dict) else need[0]
+        kind = cfg["sampler"]["kind"]
+        if kind == "shuffle" and min_per_class > 1:
+            raise ConfigError(
+                f"config key 'sampler.kind': loss '{cfg['loss']['name']}' needs at least {min_per_class} "
+                "utterances of each speaker in a batch; use sampler.kind=balanced or mp_random, not shuffle")
+        if kind == "balanced" and cfg["sampler"]["utts_per_spk"] < min_per_class:
+            raise ConfigError(
+                f"config key 'sampler.utts_per_spk': loss '{cfg['loss']['name']}' needs at least "
+                f"{min_per_class} utterances per speaker, got {cfg['sampler']['utts_per_spk']}")
+
+    def _build_data(self) -> None:
+        from pysv.data import dataset as ds
+        from pysv.data.augment import build_augmentor, build_spec_augment
+        from pysv.data.samplers import build_sampler
+
+        cfg, dcfg = self.cfg, self.cfg["data"]
+        train_dir = dcfg["train"]
+        on_the_fly = self.input_kind == "waveform" or dcfg["on_the_fly_features"] or dcfg["augment"]
+        self.feature_extractor = None
+        if self.input_kind == "features":
+            from pysv import features
+            self.feature_extractor = features.build(dcfg["feature"], **(dcfg["feature_overrides"] or {}))
+        spec_aug = build_spec_augment(dcfg["spec_augment"])
+        if on_the_fly:
+            augment = build_augmentor(dcfg["augment"], train_wav_scp=str(Path(train_dir) / "wav.scp")) \
+                if dcfg["augment"] else None
+            crop_samples = dcfg["crop"] if self.input_kind == "waveform" else \
+                self._frames_to_samples(dcfg["crop"])
+            base = ds.WaveformCropDataset(train_dir, crop_samples, augment=augment, seed=cfg["seed"],
+                                          feature_extractor=self.feature_extractor if self.input_kind == "features" else None,
+                                          spec_augment=spec_aug, crop_frames=dcfg["crop"] if self.input_kind == "features" else None)
+            self.eval_dir = train_dir
+        else:
+            fdir = features_dir(train_dir, dcfg["feature"])
+            if not (Path(fdir) / "feats.scp").is_file():
+                raise DataError(f"missing features {fdir}/feats.scp for training set {train_dir} "
+                                f"(run stage 1 with feature {dcfg['feature']})")
+            base = ds.FeatureCropDataset(fdir, dcfg["crop"], spec_augment=spec_aug, seed=cfg["seed"])
+            self.eval_dir = fdir
+        index = base.index
+        spk_names = sorted(index.spk2label, key=lambda s: index.spk2label[s])
+        train_spk, valid_spk = split_validation_speakers(
+            spk_names, dcfg["valid_speakers"] if not dcfg["valid_trials"] else 0, cfg["seed"])
+        label_map = {index.spk2label[s]: i for i, s in enumerate(sorted(train_spk))}
+        indices = [i for i, lab in enumerate(index.labels) if lab in label_map]
+        self.train_speakers = sorted(train_spk)
+        self.num_classes = len(train_spk)
+        self.train_set = RelabeledSubset(base, indices, label_map)
+        labels = [label_map[index.labels[i]] for i in indices]
+        scfg = cfg["sampler"]
+        world = self.dist.world_size
+        if scfg["batch_size"] % world:
+            raise ConfigError(f"config key 'sampler.batch_size': {scfg['batch_size']} is not divisible "
+                              f"by the number of processes ({world})")
+        kw = dict(seed=cfg["seed"], num_replicas=world, rank=self.dist.rank,
+                  max_utts_per_spk=scfg["max_utts_per_spk"])
+        if scfg["kind"] == "balanced":
+            kw["utts_per_spk"] = scfg["utts_per_spk"]
+        self.sampler = build_sampler(scfg["kind"], labels, scfg["batch_size"] // world, **kw)
+        nw = dcfg["num_workers"]
+        self.loader = DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=nw,
+                                 pin_memory=self.device.type == "cuda", collate_fn=ds.collate,
+                                 persistent_workers=False, prefetch_factor=4 if nw > 0 else None)
+        # validation: held-out training speakers (or an explicit list); never the test speakers
+        self.valid_trials = None
+        if dcfg["valid_trials"]:
+            from pysv.utils.io import read_trials
+            vdir = dcfg["valid_data"] or self.eval_dir
+            self.valid_trials = read_trials(dcfg["valid_trials"])
+            self.valid_reader_dir = vdir
+        elif valid_spk:
+            spk2utts: Dict[str, List[str]] = {}
+            for utt, lab in zip(index.utts, index.labels):
+                s = spk_names[lab]
+                if s in valid_spk:
+                    spk2utts.setdefault(s, []).append(utt)
+            self.valid_trials = make_validation_trials(spk2utts, dcfg["valid_max_target"],
+                                                       dcfg["valid_nontarget_ratio"], cfg["seed"])
+            self.valid_reader_dir = self.eval_dir
+        self.valid_speakers = valid_spk
+
+    def _frames_to_samples(self, frames: int) -> int:
+        fe = self.feature_extractor
+        shift = int(round(fe.frame_shift * fe.sample_rate)) if fe.frame_shift < 1 else int(fe.frame_shift)
+        return (frames - 1) * shift + int(round(0.025 * fe.sample_rate))
+
+    def _build_optimizer(self):
+        o = self.cfg["optim"]
+        params = self.net.parameters()
+        if o["name"] == "sgd":
+            return torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"],
+                                   nesterov=o["nesterov"])
+        return torch.optim.Adam(params, lr=o["lr"], weight_decay=o["weight_decay"], amsgrad=o["name"] == "amsgrad")
+
+    def _build_scheduler(self):
+        s = self.cfg["scheduler"]
+        if s["name"] == "plateau":
+            return torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="min", factor=s["factor"],
+                                                              patience=s["patience"], min_lr=s["min_lr"])
+        if s["name"] == "step":
+            return torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=s["step_size"], gamma=s["factor"])
+        return None
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.exp / "checkpoints"
+
+    def checkpoints(self) -> List[Path]:
+        return sorted(self.ckpt_dir.glob("epoch_*.pt"))
+
+    def _save_checkpoint(self, epoch: int) -> None:
+        if not self.dist.is_main:
+            return
+        state = {
+            "epoch": epoch,
+            "model": self.net.encoder.state_dict(),
+            "loss": self.net.loss.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "history": self.history,
+            "config": self.cfg,
+            "num_classes": self.num_classes,
+            "train_speakers": self.train_speakers,
+        }
+        with atomic_path(self.ckpt_dir / f"epoch_{epoch:03d}.pt") as tmp:
+            torch.save(state, tmp)
+        keep = self.cfg["train"]["keep_checkpoints"]
+        if keep:
+            keep = max(keep, self.cfg["train"]["average_last"])
+            for old in self.checkpoints()[:-keep]:
+                old.unlink()
+
+    def _load_latest(self) -> None:
+        ckpts = self.checkpoints()
+        if not ckpts:
+            log.info("--resume: no checkpoint in %s, starting from epoch 1", self.ckpt_dir)
+            return
+        state = torch.load(ckpts[-1], map_location="cpu", weights_only=False)
+        self.net.encoder.load_state_dict(state["model"])
+        self.net.loss.load_state_dict(state["loss"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.history = state["history"]
+        self.start_epoch = state["epoch"] + 1
+        log.info("resumed from %s (epoch %d done)", ckpts[-1], state["epoch"])
+
+    # ---- loop -----------------------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> Dict[str, float]:
+        from tqdm import tqdm
+        self.ddp.train()
+        self.sampler.set_epoch(epoch)
+        self.train_set.set_epoch(epoch)
+        tcfg = self.cfg["train"]
+        dev = self.device
+        loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
+        acc_sum = torch.zeros((), device=dev, dtype=torch.float64)
+        bad_step = torch.full((), -1, device=dev, dtype=torch.long)
+        n_acc = 0
+        n_steps = 0
+        n_samples = 0
+        t0 = time.time()
+        bar = tqdm(self.loader, desc=f"epoch {epoch}", disable=not self.progress, unit="batch",
+                   dynamic_ncols=True, leave=False)
+        for step, (x, y) in enumerate(bar, 1):
+            x = x.to(dev, non_blocking=True)
+            y = y.to(dev, non_blocking=True)
+            if dev.type == "cuda" and x.dim() == 3 and self.cfg["train"]["channels_last"]:
+                pass  # encoders add the channel axis themselves
+            with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=self.use_amp):
+                loss, acc = self.ddp(x, y)
+            bad_step = torch.where((~torch.isfinite(loss.detach())) & (bad_step < 0),
+                                   torch.tensor(step, device=dev), bad_step)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if tcfg["grad_clip"]:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.net.parameters(), tcfg["grad_clip"])
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            loss_sum += loss.detach().double()
+            if acc is not None:
+                acc_sum += torch.as_tensor(acc, device=dev).detach().double()
+                n_acc += 1
+            n_steps += 1
+            n_samples += x.shape[0]
+            if step % tcfg["log_interval"] == 0 or step == len(self.loader):
+                self._check_finite(bad_step, epoch)  # one host sync per log interval, not per step
+                rate = n_samples * self.dist.world_size / max(time.time() - t0, 1e-9)
+                post = {"loss": f"{loss_sum.item() / n_steps:.4f}", "utt/s": f"{rate:.1f}"}
+                if n_acc:
+                    post["acc"] = f"{100 * acc_sum.item() / n_acc:.1f}%"
+                bar.set_postfix(post)
+                if not self.progress and self.dist.is_main:
+                    log.info("epoch %d step %d/%d loss %s%s %s utt/s", epoch, step, len(self.loader),
+                             post["loss"], f" acc {post['acc']}" if n_acc else "", post["utt/s"])
+        bar.close()
+        self._check_finite(bad_step, epoch)
+        if n_steps == 0:
+            raise DataError("the sampler produced no batch: too few speakers/utterances for "
+                            f"sampler.batch_size={self.cfg['sampler']['batch_size']}")
+        stats = {"loss": loss_sum.item() / n_steps, "steps": n_steps,
+                 "utts_per_s": n_samples * self.dist.world_size / max(time.time() - t0, 1e-9),
+                 "seconds": time.time() - t0}
+        if n_acc:
+            stats["accuracy"] = 100.0 * acc_sum.item() / n_acc
+        return stats
+
+    def _check_finite(self, bad_step: torch.Tensor, epoch: int) -> None:
+        s = int(bad_step.item())
+        if s >= 0:
+            last = self.checkpoints()
+            raise NonFiniteLossError(
+                f"loss became non-finite at epoch {epoch}, step {s}; stopping. The last good checkpoint "
+                f"is {last[-1] if last else '(none: failed in the first epoch)'}; lower optim.lr or set "
+                "train.grad_clip and resume with --resume")
+
+    def validate(self) -> Optional[float]:
+        if not self.valid_trials:
+            return None
+        from pysv.embed import UtteranceReader, cosine_trial_scores, embed_utterances
+        from pysv.metrics import compute_eer
+        if not self.dist.is_main:
+            return None
+        extractor = self.feature_extractor if Path(self.valid_reader_dir, "feats.scp").is_file() is False \
+            and self.input_kind == "features" else None
+        reader = UtteranceReader(self.valid_reader_dir, kind=self.input_kind if extractor is None else "audio",
+                                 feature_extractor=extractor)
+        utts = sorted({u for a, b, _ in self.valid_trials for u in (a, b)})
+        emb = embed_utterances(self.net.encoder, reader, utts, self.device, mode="full",
+                               progress=False, desc="validation")
+        scores = cosine_trial_scores(emb, self.valid_trials)
+        labels = np.array([t[2] for t in self.valid_trials])
+        eer, _ = compute_eer(scores, labels)
+        return float(eer)
+
+    def fit(self) -> Dict[str, Any]:
+        cfg = self.cfg
+        epochs = cfg["train"]["epochs"]
+        if self.dist.is_main:
+            self.exp.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.exp / "config.yaml")
+            log.info("system %s: encoder %s (%.3f M parameters), loss %s, %d training speakers, "
+                     "%d training utterances, %d validation speakers, %d validation trials, device %s, "
+                     "%d process(es)", cfg["system"], cfg["model"]["name"], self.num_params / 1e6,
+                     cfg["loss"]["name"], self.num_classes, len(self.train_set), len(self.valid_speakers),
+                     len(self.valid_trials or []), self.device, self.dist.world_size)
+        for epoch in range(self.start_epoch, epochs + 1):
+            stats = self.train_epoch(epoch)
+            eer = broadcast_float(self.validate() if self.dist.is_main else 0.0, self.dist)
+            lr = self.optimizer.param_groups[0]["lr"]
+            if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                if eer is not None and not math.isnan(eer):
+                    self.scheduler.step(eer)
+            elif self.scheduler is not None:
+                self.scheduler.step()
+            rec = {"epoch": epoch, "lr": lr, **stats}
+            if eer is not None and not math.isnan(eer):
+                rec["valid_eer"] = eer
+            self.history.append(rec)
+            if self.dist.is_main:
+                log.info("epoch %d/%d: loss %.4f%s, valid EER %s, lr %.3g, %.1f utt/s, %.1f s", epoch, epochs,
+                         stats["loss"], f", acc {stats['accuracy']:.1f}%" if "accuracy" in stats else "",
+                         f"{rec['valid_eer']:.2f}%" if "valid_eer" in rec else "n/a", lr,
+                         stats["utts_per_s"], stats["seconds"])
+            self._save_checkpoint(epoch)
+            barrier(self.dist)
+        if self.dist.is_main:
+            self._finalize()
+        barrier(self.dist)
+        return {"history": self.history, "num_params": self.num_params}
+
+    def _finalize(self) -> None:
+        k = self.cfg["train"]["average_last"]
+        ckpts = self.checkpoints()[-k:]
+        if not ckpts:
+            raise RuntimeError(f"no checkpoint in {self.ckpt_dir}")
+        avg = None
+        for p in ckpts:
+            sd = torch.load(p, map_location="cpu", weights_only=False)["model"]
+            if avg is None:
+                avg = {n: t.clone().double() if t.is_floating_point() else t.clone() for n, t in sd.items()}
+            else:
+                for n, t in sd.items():
+                    if t.is_floating_point():
+                        avg[n] += t.double()
+        for n, t in avg.items():
+            if t.is_floating_point():
+                avg[n] = (t / len(ckpts)).float()
+        final = {"model": avg, "config": self.cfg, "num_params": self.num_params,
+                 "averaged_epochs": [int(p.stem.split("_")[1]) for p in ckpts]}
+        with atomic_path(self.exp / "final.pt") as tmp:
+            torch.save(final, tmp)
+        with atomic_write(self.exp / "num_params") as f:
+            f.write(f"{self.num_params}\n")
+        with atomic_write(self.exp / "history.json") as f:
+            json.dump(self.history, f, indent=1)
+        from pysv.train.plots import plot_eer_curves
+        plot_eer_curves({self.cfg["system"]: self.history}, self.exp / "valid_eer.png")
+        if self.valid_speakers:
+            with atomic_write(self.exp / "valid_speakers") as f:
+                f.write("\n".join(self.valid_speakers) + "\n")
+        mark_complete(self.exp / ".done", f"epochs {len(self.history)}\n")
+        log.info("wrote %s (average of epochs %s)", self.exp / "final.pt", final["averaged_epochs"])
+
+
+def load_encoder(exp_dir, device="cpu") -> Tuple[nn.Module, Dict[str, Any]]:
+    """The trained encoder of ``exp/<system>`` (``final.pt``) in eval mode, and its config."""
+    path = Path(exp_dir) / "final.pt"
+    if not path.is_file():
+        raise DataError(f"missing trained model {path} (run stage 2 for this system)")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = state["config"]
+    model = model_lib.build(cfg["model"]["name"], **cfg["model"]["hparams"])
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), cfg

@@ -1,0 +1,1 @@
+"""Small shared helpers: atomic file output, Kaldi data-dir files, logging."""

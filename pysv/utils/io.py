@@ -1,0 +1,132 @@
+"""Atomic output and Kaldi-style text tables (wav.scp, utt2spk, spk2utt, utt2dur, trials).
+
+Every stage writes through :func:`atomic_write` / :func:`atomic_path` so a killed stage never
+leaves a file that looks complete.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, Iterable, Iterator, List, Tuple, Union
+
+PathLike = Union[str, os.PathLike]
+
+
+class DataError(ValueError):
+    """Bad or missing input data; the message names the file / utterance / speaker at fault."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_write(path: PathLike, mode: str = "w", **kwargs):
+    """Open a temporary file for writing; it replaces ``path`` only if the block succeeds."""
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, **kwargs) as f:
+            yield f
+
+
+def read_table(path: PathLike, unique: bool = True) -> Dict[str, str]:
+    """Read a Kaldi ``key rest-of-line`` table. Duplicate keys are an error naming the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"missing file: {path}")
+    table: Dict[str, str] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            parts = line.split(maxsplit=1)
+            key = parts[0]
+            value = parts[1] if len(parts) > 1 else ""
+            if unique and key in table:
+                raise DataError(f"{path}:{lineno}: duplicate key '{key}'")
+            table[key] = value
+    return table
+
+
+def write_table(path: PathLike, rows: Union[Dict[str, object], Iterable[Tuple[str, object]]]) -> None:
+    """Write ``key value`` lines sorted by key (Kaldi's C-locale order), atomically."""
+    items = list(rows.items()) if isinstance(rows, dict) else list(rows)
+    items.sort(key=lambda kv: kv[0])
+    with atomic_write(path, encoding="utf-8") as f:
+        for key, value in items:
+            if isinstance(value, (list, tuple)):
+                value = " ".join(str(v) for v in value)
+            f.write(f"{key} {value}\n")
+
+
+def read_utt2spk(path: PathLike) -> Dict[str, str]:
+    return read_table(path)
+
+
+def read_spk2utt(path: PathLike) -> Dict[str, List[str]]:
+    return {k: v.split() for k, v in read_table(path).items()}
+
+
+def utt2spk_to_spk2utt(utt2spk: Dict[str, str]) -> Dict[str, List[str]]:
+    spk2utt: Dict[str, List[str]] = {}
+    for utt in sorted(utt2spk):
+        spk2utt.setdefault(utt2spk[utt], []).append(utt)
+    return spk2utt
+
+
+def read_trials(path: PathLike) -> List[Tuple[str, str, int]]:
+    """Read a trial list in Kaldi (``enroll test target|nontarget``) or VoxCeleb (``1 a b``) format.
+
+    Returns ``(enroll, test, label)`` with label 1 for target, 0 for non-target.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"missing trial list: {path}")
+    trials: List[Tuple[str, str, int]] = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 3:
+                raise DataError(f"{path}:{lineno}: expected 3 fields, got {len(parts)}: {line.strip()!r}")
+            a, b, c = parts
+            if c in ("target", "nontarget"):
+                trials.append((a, b, 1 if c == "target" else 0))
+            elif a in ("0", "1"):
+                trials.append((b, c, int(a)))
+            else:
+                raise DataError(f"{path}:{lineno}: cannot parse trial {line.strip()!r}: "
+                                "expected 'enroll test target|nontarget' or '1|0 enroll test'")
+    return trials
+
+
+def write_trials(path: PathLike, trials: Iterable[Tuple[str, str, int]]) -> None:
+    """Write a Kaldi-format trial list (``enroll test target|nontarget``), atomically."""
+    with atomic_write(path, encoding="utf-8") as f:
+        for a, b, lab in trials:
+            f.write(f"{a} {b} {'target' if lab else 'nontarget'}\n")
+
+
+def is_complete(done_marker: PathLike) -> bool:
+    """A stage writes ``<dir>/.done`` last; its presence means outputs are complete."""
+    return Path(done_marker).is_file()
+
+
+def mark_complete(done_marker: PathLike, text: str = "") -> None:
+    with atomic_write(done_marker) as f:
+        f.write(text)

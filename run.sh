@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# pysv speaker-verification recipe (Kaldi style).
+#
+#   ./run.sh                                   # whole recipe on the built-in mini corpus (CPU, minutes)
+#   ./run.sh --stage 2 --stop-stage 2 --systems thin_resnet34_mp_balance
+#   ./run.sh --corpus folder --corpus-dir ../shared/data/so762_dev/wav --systems paper
+#   ./run.sh --corpus voxceleb --vox1-dir /data/voxceleb1 --vox2-dir /data/voxceleb2 \
+#            --vox-trials-dir /data/voxceleb1/lists --systems all --ngpu 8
+#
+# Stages (each skips work that is already complete; outputs are written atomically):
+#   0  data preparation with lhotse: manifests (data/manifests), Kaldi data dirs, trial lists
+#   1  features (kaldiio ark/scp) for every feature type the selected systems use
+#   2  training, one run per system (exp/<system>)
+#   3  embedding extraction (exp/<system>/embeddings/<set>)
+#   4  back-ends: mean, LDA, PLDA trained on the training-set embeddings (exp/<system>/backend)
+#   5  scoring, EER / minDCF, DET plots, results table (exp/RESULTS.md) and EER-curve comparison
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+stage=0
+stop_stage=5
+corpus=mini               # mini | folder | voxceleb
+corpus_dir=               # folder: <speaker>/<utt>.{wav,flac}
+test_corpus_dir=          # folder: separate test directory (else a speaker-disjoint split)
+test_fraction=0.2         # folder: fraction of speakers held out for testing
+name=                     # folder: set-name prefix (default: folder)
+nontarget_ratio=1.0       # folder: non-target trials per target trial
+vox1_dir=                 # voxceleb: VoxCeleb1 root (wav/idXXXXX/...)
+vox2_dir=                 # voxceleb: VoxCeleb2 root (dev/aac or dev/wav)
+vox_trials_dir=           # voxceleb: folder with veri_test2.txt list_test_all2.txt list_test_hard2.txt
+musan_dir=                # optional: MUSAN root, for training augmentation
+rirs_dir=                 # optional: RIRS_NOISES root, for training augmentation
+systems=default           # default | paper | all | list of conf/<system>.yaml names
+nj=2                      # parallel jobs for features and extraction
+ngpu=0                    # >1: torchrun with this many processes per node for training
+train_opts=               # extra key=value overrides for every training run
+backends="cosine plda"    # back-ends scored in stage 5 (cosine cosine_mean plda crops asnorm)
+lda_dim=200               # LDA dimension for PLDA (capped at #train speakers - 1)
+extract_mode=full         # full | crops | tta
+
+. ./utils/parse_options.sh
+
+steps/bootstrap.sh
+. ./path.sh
+. ./cmd.sh
+
+log() { echo "$(date '+%H:%M:%S') [run.sh] $*"; }
+
+case $corpus in
+  mini)     train_set=mini_train; test_set=mini_test; trial_lists="trials"
+            profile="train.epochs=12 sampler.batch_size=48 data.valid_speakers=6 data.num_workers=1 train.log_interval=2 optim.lr=0.1" ;;
+  folder)   [[ -n $corpus_dir ]] || { echo "run.sh: --corpus folder needs --corpus-dir" >&2; exit 1; }
+            name=${name:-folder}; train_set=${name}_train; test_set=${name}_test; trial_lists="trials"
+            profile="train.epochs=30 sampler.batch_size=64 data.valid_speakers=10 data.num_workers=1" ;;
+  voxceleb) train_set=vox2_dev; test_set=vox1_test; trial_lists="trials_O trials_E trials_H"
+            profile="" ;;
+  *) echo "run.sh: unknown --corpus $corpus (mini|folder|voxceleb)" >&2; exit 1 ;;
+esac
+system_list=$(python -m pysv.bin.systems list $systems)
+log "corpus $corpus: train $train_set, test $test_set; systems: $(echo $system_list)"
+
+if [[ $stage -le 0 && $stop_stage -ge 0 ]]; then
+  log "stage 0: data preparation"
+  case $corpus in
+    mini)     local/prepare_mini.sh --data-root data ;;
+    folder)   local/prepare_folder.sh --data-root data --name "$name" --corpus-dir "$corpus_dir" \
+                ${test_corpus_dir:+--test-corpus-dir "$test_corpus_dir"} --test-fraction "$test_fraction" \
+                --nontarget-ratio "$nontarget_ratio" ;;
+    voxceleb) local/prepare_voxceleb.sh --data-root data --vox1-dir "$vox1_dir" \
+                ${vox2_dir:+--vox2-dir "$vox2_dir"} --trials-dir "$vox_trials_dir" ;;
+  esac
+  if [[ -n $musan_dir || -n $rirs_dir ]]; then
+    local/prepare_augmentation.sh --data-root data ${musan_dir:+--musan-dir "$musan_dir"} ${rirs_dir:+--rirs-dir "$rirs_dir"}
+  fi
+fi
+
+if [[ $stage -le 1 && $stop_stage -ge 1 ]]; then
+  log "stage 1: features"
+  feats=$(for s in $system_list; do python -m pysv.bin.systems get "$s" data.feature; done | sort -u | grep -v '^$' || true)
+  for feat in $feats; do
+    for set in $train_set $test_set; do
+      steps/make_features.sh --nj "$nj" --cmd "$cpu_cmd" "conf/$feat.yaml" "data/$set" "data/${set}_$feat"
+    done
+  done
+fi
+
+if [[ $stage -le 2 && $stop_stage -ge 2 ]]; then
+  log "stage 2: training"
+  for sys in $system_list; do
+    log "training $sys"
+    args=(--config "conf/$sys.yaml" --resume "data.train=data/$train_set" $profile $train_opts)
+    if [[ $ngpu -gt 1 ]]; then
+      launcher=(torchrun --standalone --nproc_per_node "$ngpu" -m pysv.bin.train --device cuda)
+    else
+      launcher=(python -m pysv.bin.train)
+    fi
+    if [[ -n ${train_cmd:-} ]]; then
+      $train_cmd "exp/$sys/log/train.log" "${launcher[@]}" "${args[@]}"
+    else
+      "${launcher[@]}" "${args[@]}"
+    fi
+  done
+  python -m pysv.bin.plot_curves --exp-root exp --out exp/valid_eer_curves.png $system_list
+fi
+
+if [[ $stage -le 3 && $stop_stage -ge 3 ]]; then
+  log "stage 3: embedding extraction"
+  for sys in $system_list; do
+    for set in $train_set $test_set; do
+      steps/extract_embeddings.sh --nj "$nj" --cmd "$cpu_cmd" --mode "$extract_mode" "exp/$sys" "data/$set"
+    done
+  done
+fi
+
+if [[ $stage -le 4 && $stop_stage -ge 4 ]]; then
+  log "stage 4: back-ends"
+  nspk=$(wc -l < "data/$train_set/spk2utt")
+  dim=$(( lda_dim < nspk - 1 ? lda_dim : nspk - 1 ))
+  [[ $dim -lt $lda_dim ]] && log "LDA dimension capped at $dim (training set has $nspk speakers)"
+  for sys in $system_list; do
+    python -m pysv.bin.backend --exp "exp/$sys" --train-set "$train_set" \
+      --utt2spk "data/$train_set/utt2spk" --lda-dim "$dim"
+  done
+fi
+
+if [[ $stage -le 5 && $stop_stage -ge 5 ]]; then
+  log "stage 5: scoring"
+  for sys in $system_list; do
+    for trials in $trial_lists; do
+      for backend in $backends; do
+        python -m pysv.bin.score --exp "exp/$sys" --trials "data/$test_set/$trials" --test-set "$test_set" \
+          --train-set "$train_set" --backend "$backend"
+      done
+    done
+  done
+  python -m pysv.bin.results_table --exp-root exp --out exp/RESULTS.md $system_list
+  log "results table: exp/RESULTS.md"
+  cat exp/RESULTS.md
+fi
+log "done"

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Extract speaker embeddings of a data set with a trained system, in --nj parallel parts.
+#   steps/extract_embeddings.sh [--nj 2] [--cmd "$cpu_cmd"] [--mode full|crops|tta] exp/<system> data/<set>
+# Leaves exp/<system>/embeddings/<set>/{xvector,spk_xvector}.{ark,scp} and num_utts.ark
+# (or xvector_crops.{ark,scp} with --mode crops). Skips a set whose embeddings are complete.
+set -euo pipefail
+nj=2
+cmd=steps/launch/local.sh
+mode=full
+device=auto
+. ./utils/parse_options.sh
+if [[ $# -ne 2 ]]; then
+  echo "usage: $0 [--nj N] [--cmd CMD] [--mode full|crops|tta] <exp-dir> <data-dir>" >&2; exit 1
+fi
+exp=$1; data=$2
+set_name=$(basename "$data")
+name=xvector; [[ $mode == crops ]] && name=xvector_crops
+out=$exp/embeddings/$set_name
+[[ -f $exp/final.pt ]] || { echo "$0: missing $exp/final.pt (train the system first: stage 2)" >&2; exit 1; }
+[[ -f $data/utt2spk ]] || { echo "$0: missing $data/utt2spk (stage 0)" >&2; exit 1; }
+if [[ -f $out/.done_$name ]]; then
+  echo "$0: $out/$name.scp is complete; skipping"; exit 0
+fi
+nutt=$(wc -l < "$data/utt2spk")
+[[ $nj -gt $nutt ]] && nj=$nutt
+threads=$(( $(nproc) / nj )); [[ $threads -lt 1 ]] && threads=1
+$cmd JOB=1:$nj "$out/log/extract_$name.JOB.log" \
+  python -m pysv.bin.extract --exp "$exp" --data "$data" --mode "$mode" --device "$device" \
+    --threads "$threads" --job JOB --nj "$nj"
+python -m pysv.bin.extract --exp "$exp" --data "$data" --mode "$mode" --merge --nj "$nj"

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Slurm job launcher with Kaldi's run.pl/slurm.pl interface:
+#   steps/launch/slurm.sh [--mem 4G] [--gpu N] [--num-threads N] [--time 4:00:00] [--partition P]
+#                         JOB=1:NJ log/name.JOB.log command args...
+# Submits one array job with sbatch --wait, so the call blocks like run.pl and fails if any task fails.
+set -u
+opts=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --mem) opts+=(--mem="$2"); shift 2 ;;
+    --gpu) [[ "$2" != 0 ]] && opts+=(--gres="gpu:$2"); shift 2 ;;
+    --num-threads) opts+=(--cpus-per-task="$2"); shift 2 ;;
+    --time) opts+=(--time="$2"); shift 2 ;;
+    --partition) opts+=(--partition="$2"); shift 2 ;;
+    --max-jobs-run) max_run=$2; shift 2 ;;
+    *) break ;;
+  esac
+done
+command -v sbatch >/dev/null || { echo "$0: sbatch not found; select steps/launch/local.sh in cmd.sh" >&2; exit 1; }
+var=""; start=1; end=1
+if [[ "$1" =~ ^([A-Za-z_]+)=([0-9]+):([0-9]+)$ ]]; then
+  var=${BASH_REMATCH[1]}; start=${BASH_REMATCH[2]}; end=${BASH_REMATCH[3]}; shift
+fi
+log=$1; shift
+cmd="$*"
+if [[ -n $var ]]; then
+  log=${log//$var/%a}; cmd=${cmd//$var/\$SLURM_ARRAY_TASK_ID}
+fi
+mkdir -p "$(dirname "$log")"
+array="$start-$end${max_run:+%$max_run}"
+script=$(mktemp "$(dirname "$log")/.sbatch.XXXXXX")
+cat >"$script" <<EOS
+#!/usr/bin/env bash
+cd "$PWD"
+. ./path.sh
+echo "# $cmd"; echo "# Started at \$(date) on \$(hostname)"
+$cmd
+rc=\$?
+echo "# Ended (code \$rc) at \$(date)"
+exit \$rc
+EOS
+sbatch --wait --array="$array" --output="$log" --job-name="pysv" "${opts[@]}" "$script"
+rc=$?
+rm -f "$script"
+[[ $rc -ne 0 ]] && echo "$0: slurm array failed; see ${log//%a/*}" >&2
+exit $rc

@@ -1,0 +1,24 @@
+# Kaldi-style option parsing, sourced by scripts after their defaults:
+#   --some-option value   sets the shell variable some_option (dashes become underscores);
+#   the variable must already exist (so a misspelt option is an error), --help prints the header.
+while true; do
+  [[ $# -eq 0 ]] && break
+  case "$1" in
+    --help|-h)
+      sed -n '2,/^set /p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+      echo "Options (current values):"
+      grep -E '^[a-z_]+=' "$0" | sed 's/^/  --/; s/_/-/g' | sed 's/-\([a-z]*\)=/-\1=/'
+      exit 0 ;;
+    --*=*)
+      name=${1%%=*}; name=${name#--}; name=${name//-/_}; value=${1#*=}
+      if ! declare -p "$name" >/dev/null 2>&1; then echo "$0: invalid option ${1%%=*}" >&2; exit 1; fi
+      printf -v "$name" '%s' "$value"; shift ;;
+    --*)
+      name=${1#--}; name=${name//-/_}
+      if ! declare -p "$name" >/dev/null 2>&1; then echo "$0: invalid option $1" >&2; exit 1; fi
+      if [[ $# -lt 2 ]]; then echo "$0: option $1 needs a value" >&2; exit 1; fi
+      printf -v "$name" '%s' "$2"; shift 2 ;;
+    *) break ;;
+  esac
+done
+true
