@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pysv.data.crops import even_crops, sliding_crops, fit_length
+from pysv.data.crops import even_crops, gather_crops, sliding_crops
 from pysv.utils.io import DataError, read_table
 
 MODES = ("full", "crops", "tta")
@@ -74,18 +74,12 @@ class UtteranceReader:
         return samples
 
 
-def _crop_batch(x: np.ndarray, starts: Sequence[int], crop_len: int) -> np.ndarray:
-    x = fit_length(x, max(crop_len, len(x)))
-    idx = np.asarray(starts)[:, None] + np.arange(crop_len)[None, :]
-    return x[idx]
-
-
 @torch.no_grad()
 def embed_one(model: torch.nn.Module, x: np.ndarray, device, mode: str = "full",
               crop_len: Optional[int] = None, num_crops: int = 10, overlap: float = 0.2) -> np.ndarray:
     """Embedding(s) of one utterance: ``[D]`` for full / tta, ``[num_crops, D]`` for crops."""
     if mode == "full":
-        t = torch.from_numpy(np.ascontiguousarray(x))[None].to(device)
+        t = torch.from_numpy(np.array(x, dtype=np.float32))[None].to(device)
         return model(t)[0].float().cpu().numpy()
     if crop_len is None:
         raise ValueError(f"mode '{mode}' needs crop_len")
@@ -95,7 +89,7 @@ def embed_one(model: torch.nn.Module, x: np.ndarray, device, mode: str = "full",
         starts = sliding_crops(len(x), crop_len, overlap)
     else:
         raise ValueError(f"unknown embedding mode '{mode}', expected one of {MODES}")
-    batch = torch.from_numpy(np.ascontiguousarray(_crop_batch(x, starts, crop_len))).to(device)
+    batch = torch.from_numpy(np.array(gather_crops(x, starts, crop_len), dtype=np.float32)).to(device)
     emb = model(batch).float().cpu().numpy()
     return emb if mode == "crops" else emb.mean(axis=0)
 

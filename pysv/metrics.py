@@ -84,7 +84,7 @@ def operating_points(scores, labels) -> OperatingPoints:
     """All distinct operating points of the decision ``score >= t`` (equal scores grouped)."""
     s, lab = _check(scores, labels)
     n = s.size
-    order = np.argsort(s, kind="stable")
+    order = np.argsort(s)  # order inside a group of equal scores is irrelevant: groups are merged
     s = s[order]
     lab = lab[order]
     n_tar = int(lab.sum())

@@ -39,8 +39,8 @@ def write_vectors(path_prefix: Path, vectors: Dict[str, np.ndarray]) -> None:
     """Write ``<prefix>.ark`` + ``<prefix>.scp`` (sorted keys) atomically; the scp names the final ark."""
     import kaldiio
     from pysv.utils.io import atomic_path
-    ark = path_prefix.with_suffix(".ark")
-    scp = path_prefix.with_suffix(".scp")
+    ark = Path(f"{path_prefix}.ark")
+    scp = Path(f"{path_prefix}.scp")
     with atomic_path(ark) as tmp_ark, atomic_path(scp) as tmp_scp:
         with kaldiio.WriteHelper(f"ark,scp:{tmp_ark},{tmp_scp}") as w:
             for key in sorted(vectors):

@@ -59,7 +59,7 @@ def main(argv=None) -> int:
             return 2
     setup_logging(str(exp / "train.log") if info.is_main else None,
                   level=logging.INFO if info.is_main else logging.WARNING)
-    from pysv.train.trainer import Trainer
+    from pysv.train.trainer import NonFiniteLossError, Trainer
     trainer = Trainer(cfg, str(exp), info, resume=args.resume, progress=not args.no_progress and sys.stderr.isatty())
     try:
         trainer.build()
@@ -68,6 +68,10 @@ def main(argv=None) -> int:
         logging.getLogger("pysv.train").error("%s", e)
         cleanup(info)
         return 2
+    except NonFiniteLossError as e:
+        logging.getLogger("pysv.train").error("%s", e)
+        cleanup(info)
+        return 3
     cleanup(info)
     return 0
 

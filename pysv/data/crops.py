@@ -11,8 +11,6 @@ zero-padded, so a short utterance never contributes silence the model could key 
 """
 from __future__ import annotations
 
-from typing import Optional, Union
-
 import numpy as np
 
 __all__ = [

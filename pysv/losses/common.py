@@ -222,9 +222,10 @@ class LossBase(nn.Module):
             short = split.counts < req.min_per_class
             if bool(short.any()):
                 bad = split.classes[short].tolist()
+                what = f"class {bad[0]} has" if len(bad) == 1 else f"classes {_short_list(bad)} have"
                 raise ValueError(
-                    f"loss '{self.loss_name}': class(es) {_short_list(bad)} have fewer than {req.min_per_class} "
-                    f"samples in the batch; this loss needs >= {req.min_per_class} samples per class "
+                    f"loss '{self.loss_name}': {what} fewer than {req.min_per_class} samples in the batch; "
+                    f"this loss needs >= {req.min_per_class} samples of every class it sees "
                     "(use the 'balanced' or 'mp_random' sampler)"
                 )
         if req.needs_multiple_classes and split.classes.numel() < 2:

@@ -105,20 +105,31 @@ def _masked_softmax(scores: torch.Tensor, mask: Optional[torch.Tensor]) -> torch
     return torch.softmax(scores, dim=1)
 
 
+def _wsum(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``sum_t w[b, t] x[b, t, :]`` as one batched matrix product in float32 (no [B, T, D]
+    temporaries; autocast off so fp16 inputs are summed in float32). ``w``: [B, T]."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return torch.bmm(w.float().unsqueeze(1), x.float()).squeeze(1)
+
+
 def _weighted_mean_std(x: torch.Tensor, w: torch.Tensor, var_floor: float):
-    """Weighted mean and std over dim 1 with weights ``w`` [B, T, 1] summing to one (float32)."""
-    x = x.float()
-    mu = (x * w).sum(1)
-    var = ((x - mu.unsqueeze(1)).pow(2) * w).sum(1)  # two-pass: no E[x^2]-mu^2 cancellation
-    return mu, var.clamp(min=var_floor).sqrt()
+    """Weighted mean and std over time with weights ``w`` [B, T] summing to one (float32).
+
+    Two-pass variance E_w[(x - mean)^2] (not E[x^2] - mean^2, whose cancellation makes the std of
+    a near-constant channel ~sqrt(float eps) of noise that depends on the batch), floored.
+    """
+    mu = _wsum(x, w)
+    d = x.float() - mu.unsqueeze(1)
+    return mu, _wsum(d * d, w).clamp(min=var_floor).sqrt()
 
 
 def _uniform_weights(x: torch.Tensor, lengths: Optional[torch.Tensor]) -> torch.Tensor:
+    """[B, T] float32 weights 1/length on valid frames, 0 on padding."""
     B, T = x.shape[0], x.shape[1]
     if lengths is None:
-        return torch.full((B, T, 1), 1.0 / T, device=x.device, dtype=torch.float32)
+        return torch.full((B, T), 1.0 / T, device=x.device, dtype=torch.float32)
     mask = _mask_for(x, lengths).float()
-    return (mask / lengths.to(x.device).float().unsqueeze(1)).unsqueeze(-1)
+    return mask / lengths.to(x.device).float().unsqueeze(1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,8 +145,7 @@ class TemporalAveragePooling(nn.Module):
     def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
         if lengths is None:
             return x.mean(1)
-        w = _uniform_weights(x, lengths)
-        return (x.float() * w).sum(1).to(x.dtype)
+        return _wsum(x, _uniform_weights(x, lengths)).to(x.dtype)
 
 
 class GlobalAveragePooling(nn.Module):
@@ -175,9 +185,9 @@ class SelfAttentivePooling(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
         h = torch.tanh(self.linear(x))
-        w = _masked_softmax((h @ self.context).squeeze(-1), _mask_for(x, lengths)).unsqueeze(-1)
+        w = _masked_softmax((h @ self.context).squeeze(-1), _mask_for(x, lengths))
         v = x if self.value == "input" else h
-        return (v.float() * w).sum(1).to(v.dtype)
+        return _wsum(v, w).to(v.dtype)
 
 
 class AttentiveStatisticsPooling(nn.Module):
@@ -198,7 +208,7 @@ class AttentiveStatisticsPooling(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
         h = torch.tanh(self.linear(x))
-        w = _masked_softmax((h @ self.context).squeeze(-1), _mask_for(x, lengths)).unsqueeze(-1)
+        w = _masked_softmax((h @ self.context).squeeze(-1), _mask_for(x, lengths))
         mu, sd = _weighted_mean_std(x, w, self.var_floor)
         return torch.cat([mu, sd], dim=1).to(x.dtype)
 
@@ -243,10 +253,16 @@ class MultiHeadAttentivePooling(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
         B, T, D = x.shape
-        xh = x.view(B, T, self.num_heads, self.head_dim)
-        scores = (xh * self.query.to(x.dtype)).sum(-1) * self.scale  # [B, T, H]
-        w = _masked_softmax(scores, _mask_for(x, lengths)).unsqueeze(-1)  # [B, T, H, 1]
-        return (xh.float() * w).sum(1).reshape(B, D).to(x.dtype)
+        H, dh = self.num_heads, self.head_dim
+        # block-diagonal [D, H] matrix of the head queries: one GEMM, no reshuffled copy of x
+        q = torch.block_diag(*self.query.unsqueeze(-1).unbind(0)) if H > 1 else self.query.view(D, 1)
+        scores = (x @ q.to(x.dtype)) * self.scale  # [B, T, H]
+        w = _masked_softmax(scores, _mask_for(x, lengths))  # [B, T, H]
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            out = torch.bmm(w.transpose(1, 2), x.float())  # [B, H, D]: every head's weights on all dims
+        if H > 1:  # keep head j's weights on head j's dims only
+            out = out.view(B, H, H, dh).diagonal(dim1=1, dim2=2).transpose(1, 2)
+        return out.reshape(B, D).to(x.dtype)
 
 
 POOLING_NAMES = ("tap", "gap", "sap", "asp", "stats", "mhap")

@@ -38,8 +38,8 @@ class _SELayer(nn.Module):
         if lengths is None:
             y = x.mean(dim=(2, 3))
         else:
-            y = mask_time(x, lengths).sum(dim=(2, 3)) / (lengths.to(x.dtype) * x.shape[2]).unsqueeze(1)
-        return x * self.fc(y)[:, :, None, None]
+            y = mask_time(x, lengths).float().sum(dim=(2, 3)) / (lengths.float() * x.shape[2]).unsqueeze(1)
+        return x * self.fc(y.to(x.dtype))[:, :, None, None]
 
 
 class _SEBasicBlock(nn.Module):
@@ -102,6 +102,8 @@ class ThinResNet34(nn.Module):
             raise ValueError(f"last_stride must be 1 or 2, got {last_stride!r}")
         if feat_dim < 8:
             raise ValueError(f"feat_dim must be >= 8, got {feat_dim}")
+        if embed_dim < 1:
+            raise ValueError(f"embed_dim must be >= 1, got {embed_dim}")
         self.feat_dim, self.embed_dim = int(feat_dim), int(embed_dim)
         self.hparams = dict(feat_dim=feat_dim, embed_dim=embed_dim, pooling=pooling,
                             channels=list(channels), layers=list(layers), se=se,
@@ -161,7 +163,7 @@ def _instance_norm(x: torch.Tensor, lengths: Optional[torch.Tensor], eps: float 
         var = x.var(1, unbiased=False, keepdim=True)
     else:
         m = lengths_to_mask(lengths, x.shape[1]).unsqueeze(-1).to(x.dtype)
-        n = lengths.to(x.dtype).view(-1, 1, 1)
+        n = lengths.float().view(-1, 1, 1)
         mu = (x * m).sum(1, keepdim=True) / n
         var = ((x - mu).pow(2) * m).sum(1, keepdim=True) / n
     return (x - mu) / torch.sqrt(var + eps)

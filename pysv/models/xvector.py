@@ -101,7 +101,6 @@ class XVector(nn.Module):
         last = (lengths - 1 if lengths is not None
                 else torch.full((B,), T - 1, device=x.device, dtype=torch.long))
         idx = torch.minimum(idx.clamp(min=0), last.unsqueeze(1))
-        # rows shorter than T: frames t >= length are padding; fill them past the replicated tail
         return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[2]))
 
     def _segment6(self, x: torch.Tensor, lengths: Optional[torch.Tensor]) -> torch.Tensor:
@@ -110,10 +109,7 @@ class XVector(nn.Module):
         B, T, _ = x.shape
         lengths = check_lengths(lengths, B, T, x.device)
         if self.pad_input:
-            x = self._pad(x, lengths)
-            if lengths is not None:
-                # after padding, row i's valid region is [0, len_i + 14); frames beyond are junk
-                pass
+            x = self._pad(x, lengths)  # output frame t < len_i sees exactly row i's padded context
         else:
             shortest = T if lengths is None else int(lengths.min())
             if shortest <= self.context:

@@ -200,7 +200,7 @@ class Trainer:
                 self._frames_to_samples(dcfg["crop"])
             base = ds.WaveformCropDataset(train_dir, crop_samples, augment=augment, seed=cfg["seed"],
                                           feature_extractor=self.feature_extractor if self.input_kind == "features" else None,
-                                          spec_augment=spec_aug, crop_frames=dcfg["crop"] if self.input_kind == "features" else None)
+                                          spec_augment=spec_aug)
             self.eval_dir = train_dir
         else:
             fdir = features_dir(train_dir, dcfg["feature"])
@@ -252,9 +252,10 @@ class Trainer:
         self.valid_speakers = valid_spk
 
     def _frames_to_samples(self, frames: int) -> int:
+        """Audio length whose on-the-fly features have exactly ``frames`` frames."""
+        from pysv.data.crops import frames_to_samples
         fe = self.feature_extractor
-        shift = int(round(fe.frame_shift * fe.sample_rate)) if fe.frame_shift < 1 else int(fe.frame_shift)
-        return (frames - 1) * shift + int(round(0.025 * fe.sample_rate))
+        return frames_to_samples(frames, fe.frame_shift, fe.frame_length, fe.snip_edges)
 
     def _build_optimizer(self):
         o = self.cfg["optim"]
@@ -338,7 +339,6 @@ class Trainer:
         dev = self.device
         loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
         acc_sum = torch.zeros((), device=dev, dtype=torch.float64)
-        bad_step = torch.full((), -1, device=dev, dtype=torch.long)
         n_acc = 0
         n_steps = 0
         n_samples = 0
@@ -352,8 +352,10 @@ class Trainer:
                 pass  # encoders add the channel axis themselves
             with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=self.use_amp):
                 loss, acc = self.ddp(x, y)
-            bad_step = torch.where((~torch.isfinite(loss.detach())) & (bad_step < 0),
-                                   torch.tensor(step, device=dev), bad_step)
+            # checked before backward so that the weights of the last good step are never corrupted;
+            # one scalar read per step (the losses' own input checks read a few values anyway)
+            if not bool(torch.isfinite(loss.detach())):
+                self._raise_non_finite(epoch, step)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if tcfg["grad_clip"]:
@@ -368,7 +370,6 @@ class Trainer:
             n_steps += 1
             n_samples += x.shape[0]
             if step % tcfg["log_interval"] == 0 or step == len(self.loader):
-                self._check_finite(bad_step, epoch)  # one host sync per log interval, not per step
                 rate = n_samples * self.dist.world_size / max(time.time() - t0, 1e-9)
                 post = {"loss": f"{loss_sum.item() / n_steps:.4f}", "utt/s": f"{rate:.1f}"}
                 if n_acc:
@@ -378,7 +379,6 @@ class Trainer:
                     log.info("epoch %d step %d/%d loss %s%s %s utt/s", epoch, step, len(self.loader),
                              post["loss"], f" acc {post['acc']}" if n_acc else "", post["utt/s"])
         bar.close()
-        self._check_finite(bad_step, epoch)
         if n_steps == 0:
             raise DataError("the sampler produced no batch: too few speakers/utterances for "
                             f"sampler.batch_size={self.cfg['sampler']['batch_size']}")
@@ -389,14 +389,12 @@ class Trainer:
             stats["accuracy"] = 100.0 * acc_sum.item() / n_acc
         return stats
 
-    def _check_finite(self, bad_step: torch.Tensor, epoch: int) -> None:
-        s = int(bad_step.item())
-        if s >= 0:
-            last = self.checkpoints()
-            raise NonFiniteLossError(
-                f"loss became non-finite at epoch {epoch}, step {s}; stopping. The last good checkpoint "
-                f"is {last[-1] if last else '(none: failed in the first epoch)'}; lower optim.lr or set "
-                "train.grad_clip and resume with --resume")
+    def _raise_non_finite(self, epoch: int, step: int) -> None:
+        last = self.checkpoints()
+        raise NonFiniteLossError(
+            f"loss became non-finite at epoch {epoch}, step {step}; stopping. The last good checkpoint "
+            f"is {last[-1] if last else '(none: failed in the first epoch)'}; lower optim.lr or set "
+            "train.grad_clip and resume with --resume")
 
     def validate(self) -> Optional[float]:
         if not self.valid_trials:

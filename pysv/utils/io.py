@@ -14,6 +14,10 @@ from typing import Dict, Iterable, Iterator, List, Tuple, Union
 PathLike = Union[str, os.PathLike]
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class DataError(ValueError):
     """Bad or missing input data; the message names the file / utterance / speaker at fault."""
 
@@ -26,6 +30,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs get the usual permissions
     try:
         yield tmp
         os.replace(tmp, path)

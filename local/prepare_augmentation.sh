@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Stage 0 for augmentation data (from local directories; nothing is downloaded):
+#   --musan-dir DIR  MUSAN (musan/{noise,music,speech}/...) or any folder of <category>/<file>.{wav,flac}
+#                    -> <data-root>/manifests/musan_{recordings,supervisions,cuts}.jsonl.gz (custom 'category'),
+#                       <data-root>/musan/{wav.scp,utt2category,utt2dur}
+#   --rirs-dir DIR   RIRS_NOISES (simulated_rirs/, real_rirs_isotropic_noises/) or a folder of RIR files
+#                    -> <data-root>/manifests/rirs_{recordings,...}.jsonl.gz, <data-root>/rirs/{wav.scp,utt2room,...}
+#
+# Usage: local/prepare_augmentation.sh [--musan-dir DIR] [--rirs-dir DIR] [options] [<data-root>]
+#   --categories noise,music,speech  --rir-types simulated,real  --nj N --force
+#   --musan-name musan --rirs-name rirs (set names)
+# e.g. local/prepare_augmentation.sh --musan-dir ../shared/data/noise --rirs-dir ../shared/data/rir data
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+[[ -f "$root/path.sh" ]] && . "$root/path.sh"
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+musan_dir=
+rirs_dir=
+musan_data=data
+opts=()
+rirs_opts=()
+common=()
+flags=" --force --no-progress --check-audio --no-check-audio "
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    -h|--help) awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; exit 0 ;;
+    --musan-dir) musan_dir=$2; shift 2 ;;
+    --rirs-dir) rirs_dir=$2; shift 2 ;;
+    --categories) musan_opts+=("$1" "$2"); shift 2 ;;
+    --rir-types) rirs_opts+=("$1" "$2"); shift 2 ;;
+    --musan-name) musan_opts+=(--name "$2"); shift 2 ;;
+    --rirs-name) rirs_opts+=(--name "$2"); shift 2 ;;
+    --data-root) data=$2; shift 2 ;;
+    --data-root=*) data=${1#*=}; shift ;;
+    --*=*) common+=("$1"); shift ;;
+    --*) if [[ "$flags" == *" $1 "* ]]; then common+=("$1"); shift
+         elif [[ $# -ge 2 ]]; then common+=("$1" "$2"); shift 2
+         else echo "$0: option $1 needs a value" >&2; exit 1; fi ;;
+    *) break ;;
+  esac
+done
+if [[ $# -gt 1 ]]; then echo "usage: $0 [--musan-dir DIR] [--rirs-dir DIR] [options] [<data-root>]" >&2; exit 1; fi
+if [[ -z "$musan_dir" && -z "$rirs_dir" ]]; then
+  echo "$0: give --musan-dir and/or --rirs-dir" >&2; exit 1
+fi
+[[ $# -eq 1 ]] && data=$1
+if [[ -n "$musan_dir" ]]; then
+  cmd=(python -m pysv.bin.prepare_data musan --musan-dir "$musan_dir" ${musan_opts[@]+"${musan_opts[@]}"}
+       ${common[@]+"${common[@]}"} --data-root "$data")
+  echo "$0: ${cmd[*]}"
+  "${cmd[@]}"
+fi
+if [[ -n "$rirs_dir" ]]; then
+  cmd=(python -m pysv.bin.prepare_data rirs --rirs-dir "$rirs_dir" ${rirs_opts[@]+"${rirs_opts[@]}"}
+       ${common[@]+"${common[@]}"} --data-root "$data")
+  echo "$0: ${cmd[*]}"
+  "${cmd[@]}"
+fi

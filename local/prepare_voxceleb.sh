@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Stage 0 for VoxCeleb from local directories (nothing is downloaded):
+#   training set = VoxCeleb2-dev (--vox2-dir; .m4a must be converted to .wav first, see docs/data.md)
+#                  [+ VoxCeleb1-dev via --train-corpora vox2_dev,vox1_dev, only when testing on Vox1-O]
+#   test set     = data/vox1_test with the VoxCeleb1 utterances named by the cleaned trial lists, converted
+#                  to trials_O / trials_E / trials_H (Kaldi format; trials = the first of them).
+#
+# Usage: local/prepare_voxceleb.sh [options] [<data-root>]          (default <data-root>: data; or --data-root DIR)
+#   --vox1-dir DIR (repeatable) --vox2-dir DIR --trials-dir DIR (veri_test2.txt, list_test_all2.txt,
+#   list_test_hard2.txt) or --vox1-o/--vox1-e/--vox1-h FILE, --train-corpora vox2_dev[,vox1_dev]|none
+#   --nj N --check-audio (decode every file; off by default at this scale) --force
+# e.g. local/prepare_voxceleb.sh --vox1-dir /corpora/voxceleb1 --vox2-dir /corpora/voxceleb2 \
+#        --trials-dir /corpora/voxceleb1/lists data
+# Every option goes to `python -m pysv.bin.prepare_data voxceleb` (run with --help for the full list).
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+[[ -f "$root/path.sh" ]] && . "$root/path.sh"
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+flags=" --force --no-progress --check-audio --no-check-audio "
+data=data
+opts=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    -h|--help) awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; python -m pysv.bin.prepare_data voxceleb --help; exit 0 ;;
+    --data-root) data=$2; shift 2 ;;
+    --data-root=*) data=${1#*=}; shift ;;
+    --*=*) opts+=("$1"); shift ;;
+    --*) if [[ "$flags" == *" $1 "* ]]; then opts+=("$1"); shift
+         elif [[ $# -ge 2 ]]; then opts+=("$1" "$2"); shift 2
+         else echo "$0: option $1 needs a value" >&2; exit 1; fi ;;
+    *) break ;;
+  esac
+done
+if [[ $# -gt 1 ]]; then echo "usage: $0 [options] [<data-root>]  (see --help)" >&2; exit 1; fi
+[[ $# -eq 1 ]] && data=$1
+cmd=(python -m pysv.bin.prepare_data voxceleb ${opts[@]+"${opts[@]}"} --data-root "$data")
+echo "$0: ${cmd[*]}"
+"${cmd[@]}"

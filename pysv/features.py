@@ -1,0 +1,653 @@
+"""Kaldi-compatible acoustic features: log mel filterbanks and MFCCs, vectorized.
+
+The definitions are those of Kaldi's ``compute-fbank-feats`` / ``compute-mfcc-feats``
+(``src/feat/feature-window.cc``, ``mel-computations.cc``, ``feature-fbank.cc``, ``feature-mfcc.cc``),
+followed by optional ``add-deltas`` and ``apply-cmvn`` / ``apply-cmvn-sliding`` post-processing.
+Frames are cut with a strided view, processed as one ``[frames, samples]`` tensor, transformed with
+one batched real FFT on the power-of-two padded window and mapped to mel bands with one matmul.
+
+Public entry point (fixed by ``../shared/DESIGN.md``)::
+
+    ext = pysv.features.build("fbank40", dither=0.0)   # or a yaml path; key=value overrides
+    feats = ext(samples, 16000)                          # float32 [frames, ext.dim]
+
+Named configurations (``conf/<name>.yaml``; the same defaults are built in below):
+
+* ``fbank40`` -- 40 log mel filterbanks, 25/10 ms, 16 kHz, no CMVN (seeds 000/002, voxceleb_trainer-style
+  front-end; voxceleb_trainer normalizes per utterance inside the model with InstanceNorm).
+* ``fbank64`` -- 64 log mel filterbanks with sliding-window mean/variance normalization over up to 3 s
+  (seed 003 Sec. 4.2), as ``apply-cmvn-sliding --norm-vars=true --center=true --cmn-window=300``.
+* ``mfcc30`` -- 30 MFCCs (30 mel bins) + deltas + double deltas (``add-deltas``, window 2) = 90 dims,
+  per-utterance mean and variance normalization (seed 001 Sec. 3).
+
+See ``docs/features.md`` for every option.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Union
+
+import numpy as np
+import yaml
+
+from pysv.utils.io import DataError
+
+# torch is imported where it is used, so that reading/validating configs stays light (no 2 s import).
+
+__all__ = ["build", "load_config", "resolve_config", "FeatureExtractor", "FEATURE_NAMES", "BUILTIN_CONFIGS",
+           "apply_deltas", "apply_cmvn", "apply_sliding_cmvn", "mel_banks", "feature_window",
+           "dct_matrix", "lifter_coeffs", "num_frames", "config_to_yaml", "feature_dim"]
+
+FLOAT_EPS = float(np.finfo(np.float32).eps)  # Kaldi: std::numeric_limits<float>::epsilon()
+
+# --------------------------------------------------------------------------------------------
+# Options
+# --------------------------------------------------------------------------------------------
+
+# Options shared by both feature types (Kaldi FrameExtractionOptions + MelBanksOptions + ours).
+_COMMON_DEFAULTS: Dict[str, Any] = {
+    "sample_rate": 16000,            # --sample-frequency
+    "resample": "refuse",            # refuse | resample (scipy.signal.resample_poly)
+    "channel": None,                 # null: refuse multi-channel audio; int: use that channel; "mean": downmix
+    "input_scale": 32768.0,          # samples in [-1, 1] are scaled to the int16 range, as Kaldi reads wavs
+    "frame_length_ms": 25.0,         # --frame-length
+    "frame_shift_ms": 10.0,          # --frame-shift
+    "dither": 1.0,                   # --dither (in int16 units, like Kaldi); 0 disables
+    "dither_seed": 0,                # base seed of the dither RNG (make_features mixes in the utterance id)
+    "preemphasis_coefficient": 0.97,  # --preemphasis-coefficient
+    "remove_dc_offset": True,        # --remove-dc-offset
+    "window_type": "povey",          # --window-type: povey | hamming | hanning | sine | rectangular | blackman
+    "blackman_coeff": 0.42,          # --blackman-coeff
+    "round_to_power_of_two": True,   # --round-to-power-of-two
+    "snip_edges": True,              # --snip-edges
+    "num_mel_bins": 23,              # --num-mel-bins
+    "low_freq": 20.0,                # --low-freq
+    "high_freq": 0.0,                # --high-freq (<= 0: offset from Nyquist)
+    "use_energy": False,             # --use-energy
+    "energy_floor": 0.0,             # --energy-floor
+    "raw_energy": True,              # --raw-energy
+    # post-processing
+    "delta_order": 0,                # add-deltas --delta-order (0: none)
+    "delta_window": 2,               # add-deltas --delta-window
+    "cmvn": "none",                  # none | utterance (apply-cmvn, per-utterance stats) | sliding (apply-cmvn-sliding)
+    "cmvn_norm_vars": False,         # --norm-vars
+    "cmvn_window": 600,              # apply-cmvn-sliding --cmn-window (frames)
+    "cmvn_center": False,            # apply-cmvn-sliding --center
+    "cmvn_min_window": 100,          # apply-cmvn-sliding --min-cmn-window (only used when center is false)
+}
+_TYPE_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "fbank": {"use_log_fbank": True, "use_power": True},
+    "mfcc": {"num_ceps": 13, "cepstral_lifter": 22.0, "use_energy": True},
+}
+
+# The named configurations (also shipped as conf/<name>.yaml; a test keeps the two identical).
+BUILTIN_CONFIGS: Dict[str, Dict[str, Any]] = {
+    "fbank40": {
+        "name": "fbank40", "type": "fbank", "num_mel_bins": 40,
+        "cmvn": "none",
+    },
+    "fbank64": {
+        "name": "fbank64", "type": "fbank", "num_mel_bins": 64,
+        "cmvn": "sliding", "cmvn_norm_vars": True, "cmvn_window": 300, "cmvn_center": True,
+    },
+    "mfcc30": {
+        "name": "mfcc30", "type": "mfcc", "num_mel_bins": 30, "num_ceps": 30,
+        "low_freq": 20.0, "high_freq": 7600.0, "use_energy": True,
+        "delta_order": 2, "delta_window": 2,
+        "cmvn": "utterance", "cmvn_norm_vars": True,
+    },
+}
+FEATURE_NAMES = tuple(BUILTIN_CONFIGS)
+
+# Accepted spellings of option names (Kaldi command-line names, knf names).
+_ALIASES = {
+    "sample_frequency": "sample_rate", "samp_freq": "sample_rate", "sampling_rate": "sample_rate",
+    "frame_length": "frame_length_ms", "frame_shift": "frame_shift_ms",
+    "preemphasis": "preemphasis_coefficient", "preemph_coeff": "preemphasis_coefficient",
+    "num_bins": "num_mel_bins", "num_mel_filters": "num_mel_bins",
+    "norm_vars": "cmvn_norm_vars", "cmn_window": "cmvn_window", "center": "cmvn_center",
+    "min_cmn_window": "cmvn_min_window", "delta_order": "delta_order", "order": "delta_order",
+}
+_WINDOWS = ("povey", "hamming", "hanning", "hann", "sine", "rectangular", "blackman")
+
+_REPO_CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+def _canon_key(key: str) -> str:
+    key = key.strip().lstrip("-").replace("-", "_")
+    return _ALIASES.get(key, key)
+
+
+def _kaldi_defaults(feat_type: str) -> Dict[str, Any]:
+    if feat_type not in _TYPE_DEFAULTS:
+        raise ValueError(f"feature type must be one of {sorted(_TYPE_DEFAULTS)}, got {feat_type!r}")
+    cfg = dict(_COMMON_DEFAULTS)
+    cfg.update(_TYPE_DEFAULTS[feat_type])
+    return cfg
+
+
+def load_config(name_or_path: Union[str, Path]) -> Dict[str, Any]:
+    """Raw (unresolved) options of a named config (``conf/<name>.yaml`` or the built-in copy) or a yaml file."""
+    s = str(name_or_path)
+    path = Path(s)
+    if s in BUILTIN_CONFIGS:
+        repo_yaml = _REPO_CONF / f"{s}.yaml"
+        # conf/ of the source checkout this module lives in (not some unrelated conf/ next to site-packages)
+        if repo_yaml.is_file() and (_REPO_CONF.parent / "pyproject.toml").is_file():
+            path = repo_yaml
+        else:
+            return copy.deepcopy(BUILTIN_CONFIGS[s])
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"feature config {s!r} is neither a known name ({', '.join(FEATURE_NAMES)}) nor a yaml file")
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of options, got {type(data).__name__}")
+    data.setdefault("name", path.stem)
+    return data
+
+
+def resolve_config(raw: Mapping[str, Any], overrides: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """Kaldi defaults for ``type``, updated with ``raw`` then ``overrides``; validated and normalized."""
+    merged: Dict[str, Any] = {}
+    for src in (raw, overrides or {}):
+        for k, v in src.items():
+            merged[_canon_key(k)] = v
+    feat_type = str(merged.get("type", "fbank")).lower()
+    cfg = _kaldi_defaults(feat_type)
+    cfg = {"name": merged.get("name", feat_type), "type": feat_type, **cfg}
+    unknown = sorted(set(merged) - set(cfg))
+    if unknown:
+        raise ValueError(f"unknown {feat_type} feature option(s) {unknown}; valid options: {sorted(cfg)}")
+    cfg.update(merged)
+    cfg["type"] = feat_type
+    _normalize(cfg)
+    return cfg
+
+
+def _as_bool(key: str, v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, (int, float)) and v in (0, 1):
+        return bool(v)
+    if isinstance(v, str) and v.lower() in ("true", "false", "yes", "no", "1", "0"):
+        return v.lower() in ("true", "yes", "1")
+    raise ValueError(f"feature option {key} must be true/false, got {v!r}")
+
+
+def _normalize(cfg: Dict[str, Any]) -> None:
+    bools = ["remove_dc_offset", "round_to_power_of_two", "snip_edges", "use_energy", "raw_energy",
+             "cmvn_norm_vars", "cmvn_center", "use_log_fbank", "use_power"]
+    floats = ["input_scale", "frame_length_ms", "frame_shift_ms", "dither", "preemphasis_coefficient",
+              "blackman_coeff", "low_freq", "high_freq", "energy_floor", "cepstral_lifter"]
+    ints = ["sample_rate", "dither_seed", "num_mel_bins", "delta_order", "delta_window", "cmvn_window",
+            "cmvn_min_window", "num_ceps"]
+    for k in bools:
+        if k in cfg:
+            cfg[k] = _as_bool(k, cfg[k])
+    for k in floats:
+        if k in cfg:
+            try:
+                cfg[k] = float(cfg[k])
+            except (TypeError, ValueError):
+                raise ValueError(f"feature option {k} must be a number, got {cfg[k]!r}") from None
+    for k in ints:
+        if k in cfg:
+            v = cfg[k]
+            if isinstance(v, bool) or not float(v).is_integer():
+                raise ValueError(f"feature option {k} must be an integer, got {v!r}")
+            cfg[k] = int(float(v))
+    cfg["name"] = str(cfg["name"])
+    cfg["window_type"] = str(cfg["window_type"]).lower()
+    cfg["cmvn"] = "none" if cfg["cmvn"] in (None, False) else str(cfg["cmvn"]).lower()
+    cfg["resample"] = str(cfg["resample"]).lower()
+    ch = cfg["channel"]
+    if ch is not None and ch != "mean":
+        try:
+            ch = int(ch)
+        except (TypeError, ValueError):
+            raise ValueError(f"feature option channel must be null, an integer or 'mean', got {ch!r}") from None
+        cfg["channel"] = ch
+    checks = [
+        (cfg["window_type"] in _WINDOWS, f"window_type must be one of {_WINDOWS}"),
+        (cfg["cmvn"] in ("none", "utterance", "sliding"), "cmvn must be none | utterance | sliding"),
+        (cfg["resample"] in ("refuse", "resample"), "resample must be refuse | resample"),
+        (cfg["sample_rate"] > 0, "sample_rate must be positive"),
+        (cfg["dither"] >= 0, "dither must be >= 0"),
+        (0.0 <= cfg["preemphasis_coefficient"] <= 1.0, "preemphasis_coefficient must be in [0, 1]"),
+        (cfg["frame_shift_ms"] > 0 and cfg["frame_length_ms"] > 0, "frame length/shift must be positive"),
+        (cfg["num_mel_bins"] >= 3, "num_mel_bins must be >= 3"),
+        (cfg["delta_order"] >= 0 and cfg["delta_window"] >= 1, "delta_order >= 0 and delta_window >= 1"),
+        (cfg["cmvn_window"] >= 1 and cfg["cmvn_min_window"] >= 1, "cmvn_window and cmvn_min_window >= 1"),
+        (cfg["input_scale"] > 0, "input_scale must be positive"),
+    ]
+    if cfg["type"] == "mfcc":
+        checks.append((1 <= cfg["num_ceps"] <= cfg["num_mel_bins"], "need 1 <= num_ceps <= num_mel_bins"))
+    for ok, msg in checks:
+        if not ok:
+            raise ValueError(f"bad feature option: {msg} (config {cfg['name']!r})")
+
+
+def feature_dim(cfg: Mapping[str, Any]) -> int:
+    """Output dimension of a resolved config: (bins [+1 energy] | ceps) * (delta_order + 1)."""
+    if cfg["type"] == "fbank":
+        base = cfg["num_mel_bins"] + (1 if cfg["use_energy"] else 0)
+    else:
+        base = cfg["num_ceps"]
+    return base * (cfg["delta_order"] + 1)
+
+
+def config_to_yaml(cfg: Mapping[str, Any]) -> str:
+    return yaml.safe_dump(dict(cfg), sort_keys=False, default_flow_style=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Kaldi building blocks (numpy, float64 where Kaldi uses double, then float32)
+# --------------------------------------------------------------------------------------------
+
+def window_size(sample_rate: float, ms: float) -> int:
+    """Kaldi ``FrameExtractionOptions::WindowSize/WindowShift``: int(samp_freq * 0.001 * ms)."""
+    return int(float(sample_rate) * 0.001 * float(ms))
+
+
+def num_frames(num_samples: int, frame_length: int, frame_shift: int, snip_edges: bool = True) -> int:
+    """Kaldi ``NumFrames`` (feature-window.cc)."""
+    if snip_edges:
+        return 0 if num_samples < frame_length else 1 + (num_samples - frame_length) // frame_shift
+    return (num_samples + frame_shift // 2) // frame_shift
+
+
+def feature_window(window_type: str, length: int, blackman_coeff: float = 0.42) -> np.ndarray:
+    """Kaldi ``FeatureWindowFunction`` (float64)."""
+    i = np.arange(length, dtype=np.float64)
+    a = 2.0 * math.pi / (length - 1) if length > 1 else 0.0
+    if window_type in ("hanning", "hann"):
+        return 0.5 - 0.5 * np.cos(a * i)
+    if window_type == "sine":
+        return np.sin(0.5 * a * i)
+    if window_type == "hamming":
+        return 0.54 - 0.46 * np.cos(a * i)
+    if window_type == "povey":  # like hamming but goes to zero at edges
+        return np.power(0.5 - 0.5 * np.cos(a * i), 0.85)
+    if window_type == "rectangular":
+        return np.ones(length)
+    if window_type == "blackman":
+        return blackman_coeff - 0.5 * np.cos(a * i) + (0.5 - blackman_coeff) * np.cos(2 * a * i)
+    raise ValueError(f"unknown window_type {window_type!r}")
+
+
+def mel_scale(freq):
+    return 1127.0 * np.log(1.0 + np.asarray(freq, dtype=np.float64) / 700.0)
+
+
+def mel_banks(num_bins: int, padded_window: int, sample_rate: float, low_freq: float,
+              high_freq: float) -> np.ndarray:
+    """Kaldi ``MelBanks`` triangular weights as a ``[padded_window // 2 + 1, num_bins]`` matrix.
+
+    The last row (Nyquist bin) is zero: Kaldi's banks only cover FFT bins ``0 .. N/2 - 1``.
+    """
+    num_fft_bins = padded_window // 2
+    nyquist = 0.5 * sample_rate
+    hi = high_freq if high_freq > 0.0 else nyquist + high_freq
+    if not (0.0 <= low_freq < nyquist and 0.0 < hi <= nyquist and hi > low_freq):
+        raise ValueError(f"bad mel band edges low_freq={low_freq} high_freq={high_freq} "
+                         f"for sample rate {sample_rate} (resolved high freq {hi})")
+    fft_bin_width = sample_rate / padded_window
+    mel_low, mel_high = mel_scale(low_freq), mel_scale(hi)
+    delta = (mel_high - mel_low) / (num_bins + 1)
+    b = np.arange(num_bins, dtype=np.float64)[None, :]
+    left, center, right = mel_low + b * delta, mel_low + (b + 1) * delta, mel_low + (b + 2) * delta
+    mel = mel_scale(fft_bin_width * np.arange(num_fft_bins, dtype=np.float64))[:, None]
+    up = (mel - left) / (center - left)
+    down = (right - mel) / (right - center)
+    w = np.where(mel <= center, up, down)
+    w = np.where((mel > left) & (mel < right), w, 0.0)
+    out = np.zeros((num_fft_bins + 1, num_bins), dtype=np.float64)
+    out[:num_fft_bins] = w
+    return out
+
+
+def dct_matrix(num_ceps: int, num_bins: int) -> np.ndarray:
+    """Kaldi ``ComputeDctMatrix`` rows ``0 .. num_ceps-1``: ``[num_ceps, num_bins]``."""
+    n = np.arange(num_bins, dtype=np.float64)[None, :]
+    k = np.arange(num_ceps, dtype=np.float64)[:, None]
+    m = math.sqrt(2.0 / num_bins) * np.cos(math.pi / num_bins * (n + 0.5) * k)
+    m[0, :] = math.sqrt(1.0 / num_bins)
+    return m
+
+
+def lifter_coeffs(num_ceps: int, q: float) -> np.ndarray:
+    """Kaldi ``ComputeLifterCoeffs``: 1 + 0.5 Q sin(pi i / Q); all ones when Q == 0."""
+    if q == 0.0:
+        return np.ones(num_ceps)
+    i = np.arange(num_ceps, dtype=np.float64)
+    return 1.0 + 0.5 * q * np.sin(math.pi * i / q)
+
+
+def delta_scales(order: int, window: int):
+    """Kaldi ``DeltaFeatures`` regression windows ``scales[0..order]`` (float64)."""
+    scales = [np.ones(1)]
+    for _ in range(order):
+        prev = scales[-1]
+        prev_off = (len(prev) - 1) // 2
+        cur_off = prev_off + window
+        cur = np.zeros(len(prev) + 2 * window)
+        normalizer = 0.0
+        for j in range(-window, window + 1):
+            normalizer += j * j
+            for k in range(-prev_off, prev_off + 1):
+                cur[j + k + cur_off] += j * prev[k + prev_off]
+        scales.append(cur / normalizer)
+    return scales
+
+
+def apply_deltas(feats: np.ndarray, order: int = 2, window: int = 2) -> np.ndarray:
+    """Kaldi ``add-deltas``: ``[x, delta, delta-delta, ...]``; frames beyond the edges replicate the edge frame.
+
+    Each block is Kaldi's regression window ``scales[i]`` (``delta_scales``) correlated along time with the
+    edge-replicated features (``mode="nearest"`` is exactly Kaldi's clamping of the frame index).
+    """
+    from scipy.ndimage import correlate1d
+    feats = np.asarray(feats, dtype=np.float32)
+    if order == 0:
+        return feats
+    t, d = feats.shape
+    out = np.empty((t, d * (order + 1)), dtype=np.float32)
+    out[:, :d] = feats
+    for i, sc in enumerate(delta_scales(order, window)[1:], 1):
+        correlate1d(feats, sc, axis=0, output=out[:, i * d:(i + 1) * d], mode="nearest")
+    return out
+
+
+def apply_cmvn(feats: np.ndarray, norm_vars: bool = False) -> np.ndarray:
+    """Kaldi ``apply-cmvn`` with per-utterance stats (``compute-cmvn-stats`` on the utterance itself).
+
+    Stats in float64; the offset/scale are applied in float32, as Kaldi's ``ApplyCmvn`` does.
+    """
+    x = np.asarray(feats, dtype=np.float32)
+    count = x.shape[0]
+    mean = x.sum(0, dtype=np.float64) / count
+    if not norm_vars:
+        return x - mean.astype(np.float32)
+    var = np.maximum(np.square(x, dtype=np.float64).sum(0) / count - mean * mean, 1.0e-20)
+    scale = 1.0 / np.sqrt(var)
+    out = x * scale.astype(np.float32)
+    out += (-mean * scale).astype(np.float32)
+    return out
+
+
+def _sliding_windows(t: int, window: int, center: bool, min_window: int):
+    """Start/end frame (end exclusive) of Kaldi's ``SlidingWindowCmnInternal`` window for every frame."""
+    fr = np.arange(t, dtype=np.int64)
+    if center:
+        start = fr - window // 2
+        end = start + window
+    else:
+        start = fr - window
+        end = fr + 1
+    neg = start < 0
+    end = np.where(neg, end - start, end)
+    start = np.where(neg, 0, start)
+    if not center:
+        end = np.where(end > fr, np.maximum(fr + 1, min_window), end)
+    over = end > t
+    start = np.where(over, np.maximum(start - (end - t), 0), start)
+    end = np.where(over, t, end)
+    return start, end
+
+
+def apply_sliding_cmvn(feats: np.ndarray, window: int = 600, center: bool = False, min_window: int = 100,
+                       norm_vars: bool = False) -> np.ndarray:
+    """Kaldi ``apply-cmvn-sliding`` (``SlidingWindowCmnInternal``), vectorized with float64 cumulative sums."""
+    x = np.asarray(feats, dtype=np.float32)
+    t = x.shape[0]
+    if t == 0:
+        return x.copy()
+    start, end = _sliding_windows(t, window, center, min_window)
+    if start.max() == 0 and end.min() == t:  # every frame's window is the whole utterance
+        mean = x.sum(0, dtype=np.float64) / t
+        out = x - mean
+        if norm_vars:
+            if t == 1:
+                return np.zeros_like(x)
+            var = np.maximum(np.square(x, dtype=np.float64).sum(0) / t - mean * mean, 1.0e-10)
+            out /= np.sqrt(var)
+        return out.astype(np.float32)
+    n = (end - start).astype(np.float64)[:, None]
+    cs = np.zeros((t + 1, x.shape[1]))
+    np.cumsum(x, axis=0, dtype=np.float64, out=cs[1:])
+    mean = cs[end]
+    mean -= cs[start]
+    mean /= n
+    out = x - mean
+    if norm_vars:
+        np.cumsum(np.square(x, dtype=np.float64), axis=0, out=cs[1:])
+        var = cs[end]
+        var -= cs[start]
+        var /= n
+        var -= mean * mean
+        np.maximum(var, 1.0e-10, out=var)
+        out /= np.sqrt(var)
+        out[n[:, 0] == 1] = 0.0
+    return out.astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# The extractor
+# --------------------------------------------------------------------------------------------
+
+class FeatureExtractor:
+    """Kaldi-compatible fbank / MFCC extractor with post-processing; call as ``ext(samples, sample_rate)``.
+
+    Attributes: ``config`` (resolved options), ``dim``, ``sample_rate``, ``frame_shift`` and ``frame_length``
+    (in samples, like Kaldi's WindowShift/WindowSize: 160 and 400 at 16 kHz), ``frame_shift_seconds``,
+    ``frame_length_seconds``, ``snip_edges``, ``padded_window`` (FFT size).
+    """
+
+    def __init__(self, config: Mapping[str, Any]):
+        import torch
+        cfg = resolve_config(config)
+        self.config = cfg
+        self.name = cfg["name"]
+        self.type = cfg["type"]
+        self.sample_rate = cfg["sample_rate"]
+        self.frame_length_samples = window_size(self.sample_rate, cfg["frame_length_ms"])
+        self.frame_shift_samples = window_size(self.sample_rate, cfg["frame_shift_ms"])
+        if self.frame_length_samples < 2 or self.frame_shift_samples < 1:
+            raise ValueError(f"frame length/shift too small for sample rate {self.sample_rate}")
+        self.frame_shift = self.frame_shift_samples      # samples
+        self.frame_length = self.frame_length_samples    # samples
+        self.frame_shift_seconds = self.frame_shift_samples / self.sample_rate
+        self.frame_length_seconds = self.frame_length_samples / self.sample_rate
+        self.snip_edges = cfg["snip_edges"]
+        L = self.frame_length_samples
+        self.padded_window = 1 << (L - 1).bit_length() if cfg["round_to_power_of_two"] else L
+        nbins = cfg["num_mel_bins"]
+        self.dim = feature_dim(cfg)
+        self.base_dim = self.dim // (cfg["delta_order"] + 1)
+
+        # Precomputed constants (float32 tensors). The int16 input scale is folded into the window:
+        # DC removal, pre-emphasis and windowing are linear, so scaling after them is exact.
+        scale = cfg["input_scale"]
+        win = feature_window(cfg["window_type"], L, cfg["blackman_coeff"])
+        self._win = torch.from_numpy((win * scale).astype(np.float32))
+        self._win0 = torch.from_numpy((win[:1] * scale * (1.0 - cfg["preemphasis_coefficient"])).astype(np.float32))
+        mel = mel_banks(nbins, self.padded_window, self.sample_rate, cfg["low_freq"], cfg["high_freq"])
+        self._mel = torch.from_numpy(mel.astype(np.float32))  # [P/2+1, bins]
+        # rfft output viewed as [T, (P/2+1)*2] (re, im interleaved): squaring it and multiplying by the mel
+        # matrix with every row repeated twice gives mel(power) in one matmul.
+        self._mel2 = torch.from_numpy(np.repeat(mel, 2, axis=0).astype(np.float32))
+        if self.type == "mfcc":
+            d = dct_matrix(cfg["num_ceps"], nbins) * lifter_coeffs(cfg["num_ceps"], cfg["cepstral_lifter"])[:, None]
+            self._dct = torch.from_numpy(np.ascontiguousarray(d.T).astype(np.float32))  # [bins, ceps]
+        self._log_energy_floor = math.log(cfg["energy_floor"]) if cfg["energy_floor"] > 0 else None
+        self._gen = torch.Generator().manual_seed(cfg["dither_seed"])
+
+    # -- public helpers ---------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return f"FeatureExtractor({self.name!r}, type={self.type}, dim={self.dim}, sample_rate={self.sample_rate})"
+
+    def num_frames(self, num_samples: int) -> int:
+        """Number of frames produced for ``num_samples`` samples (Kaldi ``NumFrames``)."""
+        return num_frames(int(num_samples), self.frame_length_samples, self.frame_shift_samples,
+                          self.config["snip_edges"])
+
+    def to_yaml(self) -> str:
+        return config_to_yaml(self.config)
+
+    def reseed(self, seed: int) -> None:
+        """Reset the dither RNG (make_features seeds it per utterance so output is independent of --nj)."""
+        import torch
+        self._gen = torch.Generator().manual_seed(int(seed))
+
+    # -- input checks -----------------------------------------------------------------------
+    def prepare(self, samples, sample_rate: int) -> np.ndarray:
+        """Validate audio and return float32 mono samples at ``self.sample_rate`` (raises DataError)."""
+        cfg = self.config
+        if hasattr(samples, "detach"):  # torch.Tensor
+            samples = samples.detach().cpu().numpy()
+        x = np.asarray(samples)
+        if np.issubdtype(x.dtype, np.integer):
+            if x.dtype != np.int16:
+                raise DataError(f"integer audio of type {x.dtype} is not supported; pass float samples in [-1, 1]")
+            x = x.astype(np.float32) / 32768.0
+        if x.ndim == 2:
+            if min(x.shape) == 1:
+                x = x.reshape(-1)
+            else:
+                ch_axis = 1 if x.shape[1] < x.shape[0] else 0  # channels are the short axis
+                nch = x.shape[ch_axis]
+                ch = cfg["channel"]
+                if ch is None:
+                    raise DataError(f"audio has {nch} channels; multi-channel audio is refused by default: set "
+                                    f"channel=<index> (e.g. channel=0 for the first) or channel=mean to downmix")
+                if ch == "mean":
+                    x = x.mean(axis=ch_axis)
+                else:
+                    if not -nch <= ch < nch:
+                        raise DataError(f"channel={ch} requested but the audio has {nch} channels")
+                    x = np.take(x, ch, axis=ch_axis)
+        elif x.ndim != 1:
+            raise DataError(f"audio must be 1-D (or 2-D samples x channels), got shape {x.shape}")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.size == 0:
+            raise DataError("empty audio (0 samples)")
+        sr = int(sample_rate)
+        if sr != self.sample_rate:
+            if cfg["resample"] != "resample":
+                raise DataError(f"sample rate {sr} Hz differs from the configured {self.sample_rate} Hz; "
+                                f"enable resampling with the option resample=resample (or convert the audio)")
+            from scipy.signal import resample_poly
+            g = math.gcd(sr, self.sample_rate)
+            x = resample_poly(x, self.sample_rate // g, sr // g).astype(np.float32)
+        if not np.isfinite(x).all():
+            raise DataError("audio contains NaN or infinite samples")
+        if not x.any():
+            raise DataError(f"all-zero audio ({x.size} samples of digital silence)")
+        if self.num_frames(x.size) == 0:
+            raise DataError(f"audio too short: {x.size} samples give no frame "
+                            f"(frame length {self.frame_length_samples}, snip_edges={cfg['snip_edges']})")
+        return x
+
+    # -- computation ------------------------------------------------------------------------
+    def __call__(self, samples, sample_rate: int, seed: Optional[int] = None) -> np.ndarray:
+        """Features of one utterance: float32 ``[frames, dim]``. ``seed`` re-seeds the dither RNG."""
+        x = self.prepare(samples, sample_rate)
+        base = self.compute_base(x, seed=seed)
+        return self.postprocess(base)
+
+    def compute_base(self, x: np.ndarray, seed: Optional[int] = None) -> np.ndarray:
+        """Kaldi fbank / MFCC of prepared samples, before deltas and CMVN: float32 ``[frames, base_dim]``."""
+        import torch
+        cfg = self.config
+        L, S, P = self.frame_length_samples, self.frame_shift_samples, self.padded_window
+        n = x.size
+        T = self.num_frames(n)
+        w = torch.from_numpy(x)
+        if cfg["dither"] != 0.0:
+            # Kaldi draws N(0, dither^2) noise (int16 units) for every sample of every frame copy; we add it once
+            # to the waveform: every frame sees the same noise distribution, at 40 % of the RNG cost.
+            gen = self._gen if seed is None else torch.Generator().manual_seed(int(seed))
+            noise = torch.randn(n, generator=gen, dtype=torch.float32)
+            w = torch.add(w, noise, alpha=cfg["dither"] / cfg["input_scale"])
+        if cfg["snip_edges"]:
+            frames = w.unfold(0, L, S)[:T]
+        else:
+            first = S // 2 - L // 2  # first sample of frame 0; out-of-range samples are reflected
+            left = max(0, -first)
+            right = max(0, (T - 1) * S + first + L - n)
+            if left or right:
+                w = torch.from_numpy(np.pad(w.numpy(), (left, right), mode="symmetric"))
+            frames = w[first + left:].unfold(0, L, S)[:T]
+        c = cfg["preemphasis_coefficient"]
+        mean = frames.mean(dim=1, keepdim=True) if cfg["remove_dc_offset"] else None
+        want_energy = cfg["use_energy"]
+        raw_log_energy = None
+        if want_energy and cfg["raw_energy"]:
+            centered = frames - mean if mean is not None else frames
+            e = centered.square().sum(dim=1).mul_(cfg["input_scale"] ** 2)
+            raw_log_energy = e.clamp_min_(FLOAT_EPS).log_()
+        # Pre-emphasis of DC-removed frames:  y[i] = (x[i] - m) - c (x[i-1] - m) = x[i] - c x[i-1] - (1 - c) m,
+        # y[0] = (1 - c) (x[0] - m); then the window. Written straight into one [T, L] buffer.
+        buf = torch.empty((T, L), dtype=torch.float32)
+        body = buf[:, 1:]
+        if c != 0.0:
+            torch.sub(frames[:, 1:], frames[:, :-1], alpha=c, out=body)
+        else:
+            body.copy_(frames[:, 1:])
+        if mean is not None:
+            body.sub_(mean * (1.0 - c))
+            buf[:, :1] = frames[:, :1] - mean
+        else:
+            buf[:, :1] = frames[:, :1]
+        body.mul_(self._win[1:])
+        buf[:, :1].mul_(self._win0)
+        if want_energy and not cfg["raw_energy"]:
+            raw_log_energy = buf.square().sum(dim=1).clamp_min_(FLOAT_EPS).log_()
+        spec = torch.fft.rfft(buf, n=P, dim=1)  # zero-padded to the power-of-two window
+        ri = torch.view_as_real(spec).reshape(T, -1)
+        if self.type == "fbank" and not cfg["use_power"]:
+            power = ri.square_().reshape(T, -1, 2).sum(-1).sqrt_()
+            mel = power @ self._mel
+        else:
+            mel = ri.square_() @ self._mel2
+        if self.type == "fbank":
+            if cfg["use_log_fbank"]:
+                mel = mel.clamp_min_(FLOAT_EPS).log_()
+            out = mel
+        else:
+            out = mel.clamp_min_(FLOAT_EPS).log_() @ self._dct
+        if want_energy:
+            if self._log_energy_floor is not None:
+                raw_log_energy = raw_log_energy.clamp_min_(self._log_energy_floor)
+            if self.type == "fbank":
+                out = torch.cat([raw_log_energy[:, None], out], dim=1)
+            else:
+                out[:, 0] = raw_log_energy
+        return out.numpy()
+
+    def postprocess(self, base: np.ndarray) -> np.ndarray:
+        """Deltas (``add-deltas``) then CMVN (``apply-cmvn`` per utterance or ``apply-cmvn-sliding``)."""
+        cfg = self.config
+        feats = base
+        if cfg["delta_order"] > 0:
+            feats = apply_deltas(feats, cfg["delta_order"], cfg["delta_window"])
+        if cfg["cmvn"] == "utterance":
+            feats = apply_cmvn(feats, cfg["cmvn_norm_vars"])
+        elif cfg["cmvn"] == "sliding":
+            feats = apply_sliding_cmvn(feats, cfg["cmvn_window"], cfg["cmvn_center"], cfg["cmvn_min_window"],
+                                       cfg["cmvn_norm_vars"])
+        return np.ascontiguousarray(feats, dtype=np.float32)
+
+
+def build(name_or_yaml_path: Union[str, Path, Mapping[str, Any]] = "fbank40", **overrides) -> FeatureExtractor:
+    """Build a feature extractor from a name (``fbank40``, ``fbank64``, ``mfcc30``), a yaml path or a dict.
+
+    Keyword overrides replace options (``dither=0.0``, ``snip_edges=False`` ...); Kaldi's option
+    spellings (``preemphasis``, ``frame_length``, ``sample_frequency``) are accepted too.
+    """
+    raw = dict(name_or_yaml_path) if isinstance(name_or_yaml_path, Mapping) else load_config(name_or_yaml_path)
+    return FeatureExtractor(resolve_config(raw, overrides))

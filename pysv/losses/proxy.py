@@ -1,0 +1,89 @@
+"""Proxy-based losses: Proxy-NCA and Proxy-Anchor (seed 000 eqs. (1)-(2), seed 002 eqs. (2)-(3)).
+
+One learnable proxy per class in ``weight`` ``[num_classes, D]``. Embeddings and proxies are
+L2-normalised inside ``forward`` (so both losses are invariant to rescaling the embeddings).
+Negatives come from the proxies, so a batch with one sample of one class is valid.
+``last_accuracy`` = fraction of samples whose nearest proxy is their own class's.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .common import EPS, LossBase, SamplingRequirements, cosine_matrix, log1p_sum_exp, top1_accuracy
+
+
+class ProxyNCA(LossBase):
+    """Proxy-NCA (Movshovitz-Attias et al. 2017), seed 002 eq. (2)::
+
+        L = -1/N sum_i log( exp(-d(x_i, p_{y_i})) / sum_{k != y_i} exp(-d(x_i, p_k)) )
+
+    with ``d`` the Euclidean distance between unit vectors. Reading of eq. (2): its denominator
+    index ``j = 1..N, j != i`` runs over the *proxies of the other classes* (as in the original
+    Proxy-NCA, the own proxy is excluded); the ``N`` there is a typo for the number of classes.
+    ``scale`` multiplies the distances (1 = the seeds' equation); ``squared=True`` uses the squared
+    distance of the original Proxy-NCA paper instead of the seeds' plain distance.
+    """
+
+    loss_name = "proxy_nca"
+    requirements = SamplingRequirements(1, False)
+    owns_class_vectors = True
+
+    def __init__(self, embed_dim: int, num_classes: int, scale: float = 1.0, squared: bool = False):
+        super().__init__(embed_dim, num_classes)
+        if not scale > 0:
+            raise ValueError(f"loss 'proxy_nca': scale must be > 0, got {scale}")
+        self.scale = float(scale)
+        self.squared = bool(squared)
+        self.weight = nn.Parameter(torch.randn(num_classes, embed_dim))
+
+    def compute(self, x, labels, split):
+        cos = cosine_matrix(x, self.weight.to(x.dtype))  # [N, C]
+        d2 = 2.0 - 2.0 * cos  # ||x - p||^2 for unit vectors
+        dist = d2.clamp(min=0.0) if self.squared else d2.clamp(min=EPS).sqrt()
+        logits = -self.scale * dist
+        pos = logits.gather(1, labels.unsqueeze(1)).squeeze(1)
+        own = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, labels.unsqueeze(1), True)
+        neg_lse = torch.logsumexp(logits.masked_fill(own, float("-inf")), dim=1)  # seed 002 eq. (2)
+        loss = (neg_lse - pos).mean()
+        return loss, top1_accuracy(logits, labels)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, scale={self.scale}, squared={self.squared}"
+
+
+class ProxyAnchor(LossBase):
+    """Proxy-Anchor (Kim et al. 2020), seed 002 eq. (3) / seed 000 eq. (2)::
+
+        L = 1/|P+| sum_{p in P+} log(1 + sum_{x in X_p+} exp(-a (s(x,p) - d)))
+          + 1/|P|  sum_{p in P}  log(1 + sum_{x in X_p-} exp( a (s(x,p) + d)))
+
+    ``s`` cosine similarity, ``a = scale``, ``d = margin`` (paper: scale=50, margin=0.15). P+ are the
+    proxies of the classes present in the batch; the negative term is averaged over *all* proxies
+    (seed 000 eq. (2) and the original paper; seed 002 eq. (3) writes ``|P_-|``, a typo).
+    """
+
+    loss_name = "proxy_anchor"
+    requirements = SamplingRequirements(1, False)
+    owns_class_vectors = True
+
+    def __init__(self, embed_dim: int, num_classes: int, scale: float = 50.0, margin: float = 0.15):
+        super().__init__(embed_dim, num_classes)
+        if not scale > 0:
+            raise ValueError(f"loss 'proxy_anchor': scale must be > 0, got {scale}")
+        self.scale = float(scale)
+        self.margin = float(margin)
+        self.weight = nn.Parameter(torch.empty(num_classes, embed_dim))
+        nn.init.kaiming_normal_(self.weight, mode="fan_out")  # as the reference implementation
+
+    def compute(self, x, labels, split):
+        cos = cosine_matrix(x, self.weight.to(x.dtype))  # [N, C]
+        pos_mask = torch.zeros_like(cos, dtype=torch.bool).scatter_(1, labels.unsqueeze(1), True)
+        pos_z = -self.scale * (cos - self.margin)
+        neg_z = self.scale * (cos + self.margin)
+        pos_term = log1p_sum_exp(pos_z.t(), pos_mask.t()).sum() / split.classes.numel()
+        neg_term = log1p_sum_exp(neg_z.t(), ~pos_mask.t()).sum() / self.num_classes
+        return pos_term + neg_term, top1_accuracy(cos, labels)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, scale={self.scale}, margin={self.margin}"

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Compute Kaldi-compatible features (pysv.features) for a Kaldi data dir, in parallel jobs.
+#
+# Usage: steps/make_features.sh [options] <feat-config> <data-dir> <out-dir> [key=value ...]
+#  e.g.: steps/make_features.sh --nj 8 --cmd "$cpu_cmd" fbank40 data/voxceleb1_dev data/voxceleb1_dev_fbank40
+#
+#  <feat-config>  fbank40 | fbank64 | mfcc30 (conf/<name>.yaml) or a path to a yaml file
+#  <data-dir>     Kaldi data dir with wav.scp (plain audio paths); utt2spk, spk2utt, utt2dur, trials* are copied
+#  <out-dir>      output data dir: feats.scp, utt2num_frames, feat_conf.yaml, .done, data/feats.JOB.ark, log/
+#  key=value      feature option overrides, e.g. dither=0 resample=resample channel=0
+# Options:
+#  --nj <n>       number of parallel jobs (contiguous splits of the sorted wav.scp)       [default: 4]
+#  --cmd <cmd>    job launcher with Kaldi's run.pl interface                 [default: $cpu_cmd from cmd.sh]
+#  --force <bool> recompute even if <out-dir>/.done is up to date                       [default: false]
+#
+# Runs  $cmd JOB=1:$nj <out-dir>/log/make_feats.JOB.log python -m pysv.bin.make_features ... --job JOB --nj $nj
+# then the merge. Skipped when <out-dir>/.done is newer than the inputs and matches the options.
+# A job whose outputs are complete is skipped, so re-running after a failure or a kill finishes the work.
+set -euo pipefail
+
+nj=4
+cmd=
+force=false
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+if [[ -f path.sh ]]; then . ./path.sh; elif [[ -f $root/path.sh ]]; then . "$root/path.sh"; fi
+if [[ -f cmd.sh ]]; then . ./cmd.sh; elif [[ -f $root/cmd.sh ]]; then . "$root/cmd.sh"; fi
+# The package need not be installed: put the repository on the Python path.
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
+
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --nj) nj=$2; shift 2 ;;
+    --nj=*) nj=${1#*=}; shift ;;
+    --cmd) cmd=$2; shift 2 ;;
+    --cmd=*) cmd=${1#*=}; shift ;;
+    --force) force=$2; shift 2 ;;
+    --force=*) force=${1#*=}; shift ;;
+    -h|--help) usage; exit 0 ;;
+    --) shift; break ;;
+    --*) echo "$0: unknown option $1" >&2; usage >&2; exit 1 ;;
+    *) break ;;
+  esac
+done
+if [[ $# -lt 3 ]]; then usage >&2; exit 1; fi
+conf=$1; data=$2; out=$3; shift 3
+overrides=("$@")
+for kv in "${overrides[@]+"${overrides[@]}"}"; do
+  [[ $kv == *=* ]] || { echo "$0: override '$kv' is not key=value" >&2; exit 1; }
+done
+[[ -n $cmd ]] || cmd=${cpu_cmd:-$root/steps/launch/local.sh}
+# a launcher given relative to the repository (steps/launch/local.sh) works from any directory
+read -r -a cmd_words <<<"$cmd"
+if [[ ! -x ${cmd_words[0]} && -x $root/${cmd_words[0]} ]]; then cmd_words[0]=$root/${cmd_words[0]}; fi
+
+# ---- validate inputs
+[[ $nj =~ ^[1-9][0-9]*$ ]] || { echo "$0: --nj must be a positive integer, got '$nj'" >&2; exit 1; }
+[[ -d $data ]] || { echo "$0: data dir not found: $data" >&2; exit 1; }
+[[ -s $data/wav.scp ]] || { echo "$0: missing or empty $data/wav.scp" >&2; exit 1; }
+conf_file=
+if [[ -f $conf ]]; then conf_file=$conf
+elif [[ -f $root/conf/$conf.yaml ]]; then conf_file=$root/conf/$conf.yaml
+elif [[ $conf != fbank40 && $conf != fbank64 && $conf != mfcc30 ]]; then
+  echo "$0: feature config '$conf' is neither a file nor one of fbank40, fbank64, mfcc30" >&2; exit 1
+fi
+num_utts=$(wc -l <"$data/wav.scp")
+if [[ $nj -gt $num_utts ]]; then
+  echo "$0: --nj $nj is more than the $num_utts utterances; using --nj $num_utts"; nj=$num_utts
+fi
+
+py=(python -m pysv.bin.make_features --data "$data" --feat-config "$conf" --out "$out")
+
+# ---- skip if complete and newer than every input
+if [[ $force != true && -f $out/.done && -f $out/feats.scp ]]; then
+  uptodate=true
+  for f in "$data"/wav.scp "$data"/utt2spk "$data"/spk2utt "$data"/utt2dur $conf_file; do
+    if [[ -f $f && $f -nt $out/.done ]]; then uptodate=false; fi
+  done
+  if $uptodate && "${py[@]}" --is-done "${overrides[@]+"${overrides[@]}"}" 2>/dev/null; then
+    echo "$0: $out is complete and up to date ($out/.done), skipping"
+    exit 0
+  fi
+fi
+if [[ $force == true ]]; then rm -f "$out/.done" "$out"/data/.done.*; fi
+
+# ---- check the data dir once (names missing audio files / duplicate ids) before launching jobs
+"${py[@]}" --check "${overrides[@]+"${overrides[@]}"}"
+
+mkdir -p "$out/log" "$out/data"
+echo "$0: computing $conf features for $data ($num_utts utterances) in $nj jobs; logs in $out/log"
+start=$(date +%s)
+if ! "${cmd_words[@]}" JOB=1:$nj "$out/log/make_feats.JOB.log" \
+    "${py[@]}" --job JOB --nj $nj "${overrides[@]+"${overrides[@]}"}"; then
+  echo "$0: feature extraction failed; see $out/log/make_feats.*.log (the error names the utterance)" >&2
+  exit 1
+fi
+"${py[@]}" --merge --nj $nj --log-file "$out/log/merge.log" "${overrides[@]+"${overrides[@]}"}"
+
+# ---- summary
+n_feats=$(wc -l <"$out/feats.scp")
+frames=$(awk '{n += $2} END {print n + 0}' "$out/utt2num_frames")
+dim=$(sed -n 's/.*"dim": \([0-9]*\).*/\1/p' "$out/.done")
+elapsed=$(( $(date +%s) - start ))
+echo "$0: $out: features ($conf, dim $dim) for $n_feats of $num_utts utterances, $frames frames," \
+     "in ${elapsed}s with $nj jobs"
+if [[ $n_feats -ne $num_utts ]]; then
+  echo "$0: WARNING: $((num_utts - n_feats)) utterances have no features" >&2
+fi
+exit 0

@@ -1,0 +1,42 @@
+"""Shared fixtures: a tiny prepared mini corpus with fbank40 features (built once per session)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_recipe(tmp_path_factory):
+    """Stage 0 + 1 on a tiny mini corpus: 10 speakers (7 train, 3 test) x 5 utterances of 2-3 s.
+
+    Returns a dict with ``root`` (a directory laid out like the recipe: data/...), ``train`` and
+    ``test`` data dirs and their fbank40 feature dirs.
+    """
+    from pysv.bin import make_features
+    from pysv.data.mini_corpus import MiniConfig
+    from pysv.data.prepare import prepare_mini
+
+    root = tmp_path_factory.mktemp("recipe")
+    data = root / "data"
+    cfg = MiniConfig(num_speakers=10, utts_per_speaker=5, min_duration=2.0, max_duration=3.0, seed=11)
+    prepare_mini(data_root=str(data), num_test_speakers=3, mini_cfg=cfg, name="tiny")
+    out = {"root": root, "train": data / "tiny_train", "test": data / "tiny_test"}
+    for key in ("train", "test"):
+        fdir = data / f"tiny_{key}_fbank40"
+        rc = make_features.main(["--data", str(out[key]), "--feat-config", "fbank40", "--out", str(fdir)])
+        assert rc in (0, None)
+        out[f"{key}_feats"] = fdir
+    return out
+
+
+@pytest.fixture
+def in_dir(monkeypatch):
+    """Run a test with the working directory set (the recipe's relative paths)."""
+    def _chdir(path):
+        monkeypatch.chdir(path)
+        return Path(path)
+    return _chdir

@@ -1,0 +1,239 @@
+"""Stage 4 (pysv.bin.backend), stage 5 (pysv.bin.score) and the results table on tiny kaldiio archives."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import kaldiio
+import numpy as np
+import pytest
+
+from pysv.backend import LDA, PLDA, PldaBackend, cosine_score, read_kaldi_vector
+from pysv.bin import backend as backend_cli
+from pysv.bin import results_table
+from pysv.bin import score as score_cli
+from pysv.metrics import compute_eer, compute_min_dcf
+
+D = 8
+
+
+def write_set(root: Path, name: str, n_spk: int, n_utt: int, seed: int, crops: bool = False, nan_utt=None):
+    rng = np.random.default_rng(seed)
+    spk_means = rng.normal(size=(n_spk, D)) * 2
+    emb_dir = root / "exp" / "sys" / "embeddings" / name
+    emb_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = root / "data" / name
+    data_dir.mkdir(parents=True, exist_ok=True)
+    utts = []
+    vecs = {}
+    with kaldiio.WriteHelper(f"ark,scp:{emb_dir}/xvector.ark,{emb_dir}/xvector.scp") as w:
+        for s in range(n_spk):
+            for u in range(n_utt):
+                key = f"{name}{s:02d}-u{u}"
+                x = (spk_means[s] + rng.normal(size=D)).astype(np.float32)
+                if key == nan_utt:
+                    x[3] = np.nan
+                w(key, x)
+                vecs[key] = x
+                utts.append((key, f"{name}{s:02d}"))
+    if crops:
+        with kaldiio.WriteHelper(f"ark,scp:{emb_dir}/xvector_crops.ark,{emb_dir}/xvector_crops.scp") as w:
+            for key, _ in utts:
+                w(key, (vecs[key] + 0.3 * rng.normal(size=(10, D))).astype(np.float32))
+    (data_dir / "utt2spk").write_text("".join(f"{u} {s}\n" for u, s in utts))
+    return utts, vecs
+
+
+def write_trials(path: Path, utts, voxceleb=False, only_nontarget=False):
+    lines = []
+    for i, (a, sa) in enumerate(utts):
+        for b, sb in utts[i + 1:]:
+            tgt = sa == sb
+            if only_nontarget and tgt:
+                continue
+            lines.append(f"{int(tgt)} {a} {b}\n" if voxceleb else f"{a} {b} {'target' if tgt else 'nontarget'}\n")
+    path.write_text("".join(lines))
+    return len(lines)
+
+
+@pytest.fixture
+def recipe(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_set(tmp_path, "train", 30, 4, seed=1)
+    test_utts, test_vecs = write_set(tmp_path, "test", 5, 3, seed=2, crops=True)
+    n = write_trials(tmp_path / "data" / "test" / "trials", test_utts)
+    return {"root": tmp_path, "utts": test_utts, "vecs": test_vecs, "n_trials": n}
+
+
+def run_backend(*extra):
+    return backend_cli.main(["--exp", "exp/sys", "--train-set", "train", "--lda-dim", "6", *extra])
+
+
+def run_score(backend, *extra, trials="data/test/trials"):
+    return score_cli.main(["--exp", "exp/sys", "--trials", trials, "--test-set", "test",
+                           "--backend", backend, *extra])
+
+
+def read_scores(path):
+    rows = [line.split() for line in Path(path).read_text().splitlines()]
+    return [(a, b) for a, b, _ in rows], np.array([float(s) for _, _, s in rows])
+
+
+def test_backend_stage_writes_kaldi_models_and_skips(recipe, capsys):
+    assert run_backend() == 0
+    out = recipe["root"] / "exp" / "sys" / "backend"
+    for f in ("mean.vec", "transform.mat", "plda", ".done"):
+        assert (out / f).is_file()
+    assert read_kaldi_vector(out / "mean.vec").shape == (D,)
+    assert LDA.read(out / "transform.mat").matrix_.shape == (6, D + 1)
+    plda = PLDA.read(out / "plda")
+    assert plda.dim == 6 and np.all(np.diff(plda.psi_) <= 0)
+    assert (out / "plda").read_bytes().startswith(b"\x00B<Plda> ")
+    capsys.readouterr()
+    assert run_backend() == 0
+    assert "already complete" in capsys.readouterr().out
+    # changed options re-fit
+    assert run_backend("--num-em-iters", "3") == 0
+    assert "already complete" not in capsys.readouterr().out
+
+
+def test_backend_stage_errors(recipe, capsys):
+    # missing embeddings of the named training set
+    assert backend_cli.main(["--exp", "exp/sys", "--train-set", "nosuch"]) == 1
+    err = capsys.readouterr().err
+    assert "exp/sys/embeddings/nosuch/xvector.scp" in err
+    # missing utt2spk
+    assert backend_cli.main(["--exp", "exp/sys", "--train-set", "train", "--utt2spk", "data/x/utt2spk"]) == 1
+    assert "data/x/utt2spk" in capsys.readouterr().err
+    # more LDA dims than speakers allow -> suggestion of a smaller dim
+    write_set(recipe["root"], "few", 5, 4, seed=3)
+    assert backend_cli.main(["--exp", "exp/sys", "--train-set", "few", "--lda-dim", "6"]) == 1
+    err = capsys.readouterr().err
+    assert "--lda-dim 4" in err and "smaller dim" in err
+    # NaN embedding in the training archive is rejected naming the utterance
+    write_set(recipe["root"], "bad", 30, 4, seed=4, nan_utt="bad03-u1")
+    assert backend_cli.main(["--exp", "exp/sys", "--train-set", "bad", "--lda-dim", "6"]) == 1
+    err = capsys.readouterr().err
+    assert "bad03-u1" in err and "NaN" in err
+
+
+def test_score_cosine_outputs_and_metrics(recipe, capsys):
+    assert run_score("cosine") == 0
+    out = capsys.readouterr().out
+    assert "EER" in out and "minDCF(p=0.01)" in out
+    sdir = recipe["root"] / "exp" / "sys" / "scores"
+    pairs, scores = read_scores(sdir / "test_cosine")
+    assert len(pairs) == recipe["n_trials"]
+    v = recipe["vecs"]
+    ref = cosine_score(np.stack([v[a] for a, _ in pairs]), np.stack([v[b] for _, b in pairs]))
+    np.testing.assert_allclose(scores, ref, atol=2e-6)
+    labels = np.array([a.split("-")[0] == b.split("-")[0] for a, b in pairs], dtype=int)
+    m = json.loads((sdir / "test_cosine.metrics").read_text())
+    assert m["num_trials"] == recipe["n_trials"] and m["num_skipped"] == 0
+    assert m["eer"] == pytest.approx(compute_eer(scores, labels)[0], abs=1e-3)
+    assert m["min_dcf_p0.01"] == pytest.approx(compute_min_dcf(scores, labels, 0.01), abs=1e-3)
+    assert m["min_dcf_p0.05"] == pytest.approx(compute_min_dcf(scores, labels, 0.05), abs=1e-3)
+    assert (sdir / "test_cosine_det.png").read_bytes()[:4] == b"\x89PNG"
+    # complete -> skipped on re-run
+    assert run_score("cosine") == 0
+    assert "complete; skipping" in capsys.readouterr().out
+
+
+def test_score_voxceleb_format_same_result(recipe, capsys):
+    write_trials(recipe["root"] / "data" / "test" / "vox.txt", recipe["utts"], voxceleb=True)
+    assert run_score("cosine", trials="data/test/vox.txt") == 0
+    sdir = recipe["root"] / "exp" / "sys" / "scores"
+    assert run_score("cosine") == 0
+    a = json.loads((sdir / "test_vox_cosine.metrics").read_text())
+    b = json.loads((sdir / "test_cosine.metrics").read_text())
+    assert a["trials_name"] == "test_vox" and a["eer"] == b["eer"] and a["num_trials"] == b["num_trials"]
+
+
+def test_score_missing_utterance_error_and_skip(recipe, capsys):
+    trials = recipe["root"] / "data" / "test" / "trials"
+    with open(trials, "a") as f:
+        f.write("test00-u0 ghost-utt target\n")
+        f.write("phantom-utt test01-u1 nontarget\n")
+    assert run_score("cosine") == 1
+    err = capsys.readouterr().err
+    assert "ghost-utt" in err and "--skip-missing" in err and "2 of" in err
+    assert run_score("cosine", "--skip-missing") == 0
+    out = capsys.readouterr().out
+    assert "skipped 2 of" in out
+    m = json.loads((recipe["root"] / "exp/sys/scores/test_cosine.metrics").read_text())
+    assert m["num_skipped"] == 2 and m["num_trials"] == recipe["n_trials"]
+
+
+def test_score_rejects_nan_embedding(recipe, capsys):
+    write_set(recipe["root"], "test", 5, 3, seed=2, nan_utt="test02-u2")
+    assert run_score("cosine") == 1
+    err = capsys.readouterr().err
+    assert "test02-u2" in err and "NaN" in err
+
+
+def test_score_no_target_trials(recipe, capsys):
+    write_trials(recipe["root"] / "data" / "test" / "nontgt", recipe["utts"], only_nontarget=True)
+    assert run_score("cosine", trials="data/test/nontgt") == 1
+    assert "no target trials" in capsys.readouterr().err
+
+
+def test_score_plda_matches_backend_api(recipe, capsys):
+    assert run_score("plda") == 1  # stage 4 not run yet
+    err = capsys.readouterr().err
+    assert "exp/sys/backend/mean.vec" in err and "pysv.bin.backend" in err
+    assert run_backend() == 0
+    assert run_score("plda", "--no-plot") == 0
+    pairs, scores = read_scores(recipe["root"] / "exp/sys/scores/test_plda")
+    be = PldaBackend.load(recipe["root"] / "exp/sys/backend")
+    v = recipe["vecs"]
+    ref = be.score(np.stack([v[a] for a, _ in pairs]), np.stack([v[b] for _, b in pairs]))
+    np.testing.assert_allclose(scores, ref, atol=1e-4)
+    labels = np.array([a.split("-")[0] == b.split("-")[0] for a, b in pairs], dtype=int)
+    m = json.loads((recipe["root"] / "exp/sys/scores/test_plda.metrics").read_text())
+    assert m["eer"] == pytest.approx(compute_eer(scores, labels)[0], abs=1e-3)
+
+
+def test_score_spk_enrollment_with_num_utts(recipe, capsys):
+    assert run_backend() == 0
+    emb = recipe["root"] / "exp/sys/embeddings/test"
+    v = recipe["vecs"]
+    spk = sorted({s for _, s in recipe["utts"]})
+    with kaldiio.WriteHelper(f"ark,scp:{emb}/spk_xvector.ark,{emb}/spk_xvector.scp") as w:
+        for s in spk:
+            w(s, np.mean([v[u] for u, ss in recipe["utts"] if ss == s and not u.endswith("u2")], axis=0))
+    (emb / "num_utts.ark").write_text("".join(f"{s} 2\n" for s in spk))
+    tr = recipe["root"] / "data/test/spk_trials"
+    tr.write_text("".join(f"{s} {u} {'target' if ss == s else 'nontarget'}\n"
+                          for s in spk for u, ss in recipe["utts"] if u.endswith("u2")))
+    assert run_score("plda", "--enroll-level", "spk", trials=str(tr)) == 0
+    pairs, scores = read_scores(recipe["root"] / "exp/sys/scores/test_spk_trials_plda")
+    be = PldaBackend.load(recipe["root"] / "exp/sys/backend")
+    spk_vec = dict(kaldiio.load_scp(str(emb / "spk_xvector.scp")))
+    ref = be.score(np.stack([spk_vec[a] for a, _ in pairs]), np.stack([v[b] for _, b in pairs]), num_enroll=2)
+    np.testing.assert_allclose(scores, ref, atol=1e-4)
+
+
+def test_score_other_backends_and_results_table(recipe, capsys):
+    assert run_backend() == 0
+    assert run_score("cosine_mean", "--train-set", "train", "--no-plot") == 0
+    assert run_score("cosine_mean", "--no-plot") == 0  # mean.vec from stage 4
+    assert run_score("crops", "--no-plot") == 0
+    assert run_score("asnorm", "--train-set", "train", "--asnorm-top-n", "10", "--no-plot") == 0
+    assert run_score("plda", "--no-plot") == 0
+    assert run_score("asnorm", "--no-plot") == 1
+    assert "--train-set" in capsys.readouterr().err
+    (recipe["root"] / "exp/sys/num_params").write_text("4380000\n")
+    assert results_table.main(["--exp-root", "exp", "--out", "RESULTS_table.md"]) == 0
+    table = (recipe["root"] / "RESULTS_table.md").read_text()
+    lines = table.strip().splitlines()
+    assert lines[0].startswith("| System | Params | Trials | Back-end | EER (%)")
+    assert len(lines) == 2 + 4  # cosine_mean, asnorm, crops, plda
+    assert all("| sys | 4.38M | test |" in line for line in lines[2:])
+    assert [line.split("|")[4].strip() for line in lines[2:]] == ["cosine_mean", "asnorm", "crops", "plda"]
+
+
+@pytest.mark.parametrize("mod", ["backend", "score", "results_table"])
+def test_help(mod):
+    r = subprocess.run([sys.executable, "-m", f"pysv.bin.{mod}", "--help"], capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0 and "usage" in r.stdout

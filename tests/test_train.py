@@ -1,0 +1,190 @@
+"""Stage 2 (training) and stage 3 (extraction) on the tiny mini corpus: smoke, resume, DDP, faults."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pysv.bin import extract as extract_bin
+from pysv.bin import train as train_bin
+from pysv.train.config import ConfigError, load_config
+from pysv.train.distributed import DistInfo
+from pysv.train.trainer import NonFiniteLossError, Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+
+# small, fast settings for the tiny corpus (7 training speakers: 2 held out for validation)
+FAST = ["train.epochs=2", "sampler.batch_size=10", "data.crop=100", "data.num_workers=0",
+        "data.valid_speakers=2", "train.log_interval=1", "optim.lr=0.05"]
+
+
+def overrides(tiny, *extra):
+    return [f"data.train={tiny['train']}", *FAST, *extra]
+
+
+def run_train(tiny, tmp, config, *extra, exp_name="exp", check=True):
+    exp = Path(tmp) / exp_name
+    rc = train_bin.main(["--config", str(REPO / "conf" / config), "--exp-dir", str(exp), "--resume",
+                         "--threads", "2", *overrides(tiny, *extra)])
+    if check:
+        assert rc == 0
+    return exp, rc
+
+
+def encoder_state(exp):
+    return torch.load(Path(exp) / "final.pt", map_location="cpu", weights_only=False)["model"]
+
+
+def test_train_smoke_and_extract(tiny_recipe, tmp_path):
+    exp, _ = run_train(tiny_recipe, tmp_path, "thin_resnet34_angleproto.yaml")
+    for name in ("config.yaml", "train.log", "final.pt", "history.json", "valid_eer.png", "num_params", ".done"):
+        assert (exp / name).is_file(), name
+    hist = json.loads((exp / "history.json").read_text())
+    assert [h["epoch"] for h in hist] == [1, 2]
+    assert all(np.isfinite(h["loss"]) and 0.0 <= h["valid_eer"] <= 100.0 for h in hist)
+    cfg = load_config(str(exp / "config.yaml"))
+    assert cfg["sampler"]["batch_size"] == 10 and cfg["loss"]["name"] == "angleproto"
+    log = (exp / "train.log").read_text()
+    assert "epoch 2/2" in log and "valid EER" in log
+    # a completed run is skipped
+    assert train_bin.main(["--config", str(exp / "config.yaml"), "--exp-dir", str(exp)]) == 0
+
+    # stage 3: full-utterance embeddings in 2 parts equal a single-process run
+    test = tiny_recipe["test"]
+    assert extract_bin.main(["--exp", str(exp), "--data", str(test)]) == 0
+    import kaldiio
+    emb = {k: np.asarray(v) for k, v in kaldiio.load_scp(str(exp / "embeddings" / test.name / "xvector.scp")).items()}
+    utts = sorted(l.split()[0] for l in (test / "utt2spk").read_text().splitlines())
+    assert sorted(emb) == utts and all(v.shape == (512,) for v in emb.values())
+    exp2 = tmp_path / "exp_copy"
+    exp2.mkdir()
+    (exp2 / "final.pt").symlink_to(exp / "final.pt")
+    for j in (1, 2):
+        assert extract_bin.main(["--exp", str(exp2), "--data", str(test), "--job", str(j), "--nj", "2"]) == 0
+    assert extract_bin.main(["--exp", str(exp2), "--data", str(test), "--merge", "--nj", "2"]) == 0
+    emb2 = kaldiio.load_scp(str(exp2 / "embeddings" / test.name / "xvector.scp"))
+    for k in utts:
+        np.testing.assert_allclose(emb2[k], emb[k], rtol=1e-5, atol=1e-6)
+    spk = kaldiio.load_scp(str(exp / "embeddings" / test.name / "spk_xvector.scp"))
+    counts = dict(l.split() for l in (exp / "embeddings" / test.name / "num_utts.ark").read_text().splitlines())
+    assert sorted(spk) == sorted(counts) and sum(int(c) for c in counts.values()) == len(utts)
+    # crop mode keeps a [10, D] matrix per utterance
+    assert extract_bin.main(["--exp", str(exp), "--data", str(test), "--mode", "crops", "--crop-len", "50"]) == 0
+    crops = kaldiio.load_scp(str(exp / "embeddings" / test.name / "xvector_crops.scp"))
+    assert np.asarray(crops[utts[0]]).shape == (10, 512)
+
+
+def test_resume_equals_uninterrupted(tiny_recipe, tmp_path, monkeypatch):
+    cfgname = "xvector_softmax.yaml"
+    extra = ["data.feature=fbank40", "model.hparams.feat_dim=40", "optim.lr=0.001", "train.epochs=3"]
+    full, _ = run_train(tiny_recipe, tmp_path, cfgname, *extra, exp_name="full")
+
+    # "kill" a run after its first epoch checkpoint: the second epoch raises
+    original = Trainer.train_epoch
+
+    def dying(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt("killed")
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(tiny_recipe, tmp_path, cfgname, *extra, exp_name="killed")
+    killed = tmp_path / "killed"
+    assert [p.name for p in (killed / "checkpoints").glob("*.pt")] == ["epoch_001.pt"]
+    assert not (killed / "final.pt").exists()
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    # without --resume an unfinished run is refused, with it the run completes
+    assert train_bin.main(["--config", str(REPO / "conf" / cfgname), "--exp-dir", str(killed),
+                           *overrides(tiny_recipe, *extra)]) == 2
+    run_train(tiny_recipe, tmp_path, cfgname, *extra, exp_name="killed")
+    a, b = encoder_state(full), encoder_state(killed)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    ha = json.loads((full / "history.json").read_text())
+    hb = json.loads((killed / "history.json").read_text())
+    assert [h["loss"] for h in ha] == [h["loss"] for h in hb]
+
+
+def test_config_errors_name_the_key(tiny_recipe, tmp_path, capsys):
+    conf = str(REPO / "conf" / "thin_resnet34_triplet.yaml")
+    with pytest.raises(ConfigError, match="train.epoch'"):
+        load_config(conf, ["train.epoch=3"])
+    with pytest.raises(ConfigError, match="optim.lr"):
+        load_config(conf, ["optim.lr=fast"])
+    assert train_bin.main(["--config", conf, "--exp-dir", str(tmp_path / "e"), "sampler.bogus=1"]) == 2
+    assert "sampler.bogus" in capsys.readouterr().err
+    # triplet needs two utterances of each speaker per batch: a shuffling sampler cannot work
+    cfg = load_config(conf, overrides(tiny_recipe, "sampler.kind=shuffle"))
+    with pytest.raises(ConfigError, match="sampler.kind"):
+        Trainer(cfg, str(tmp_path / "t"), DistInfo()).build()
+    cfg = load_config(conf, overrides(tiny_recipe, "model.hparams.not_a_param=3"))
+    with pytest.raises(ConfigError, match="not_a_param"):
+        Trainer(cfg, str(tmp_path / "t2"), DistInfo()).build()
+
+
+def test_nan_loss_stops_with_step_and_keeps_checkpoint(tiny_recipe, tmp_path):
+    conf = str(REPO / "conf" / "thin_resnet34_softmax.yaml")
+    cfg = load_config(conf, overrides(tiny_recipe, "train.epochs=3", "train.log_interval=100"))
+    trainer = Trainer(cfg, str(tmp_path / "nan"), DistInfo())
+    trainer.build()
+    loss = trainer.net.loss
+    orig_forward = loss.forward
+    calls = {"n": 0}
+
+    def poisoned(emb, labels):
+        calls["n"] += 1
+        value = orig_forward(emb, labels)
+        # epoch 1 has len(loader) steps; poison the 2nd step of epoch 2
+        return value * float("nan") if calls["n"] == n_epoch1 + 2 else value
+
+    n_epoch1 = len(trainer.loader)
+    loss.forward = poisoned
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 2"):
+        trainer.fit()
+    assert (tmp_path / "nan" / "checkpoints" / "epoch_001.pt").is_file()
+    assert not (tmp_path / "nan" / "checkpoints" / "epoch_002.pt").exists()
+
+
+def test_missing_features_named_by_utterance(tiny_recipe, tmp_path):
+    import shutil
+    fdir = tmp_path / "broken_train_fbank40"
+    shutil.copytree(tiny_recipe["train_feats"], fdir)
+    lines = (fdir / "feats.scp").read_text().splitlines()
+    first_utt = lines[0].split()[0]
+    (fdir / "feats.scp").write_text("\n".join(lines[1:]) + "\n")
+    data = tmp_path / "broken_train"
+    shutil.copytree(tiny_recipe["train"], data)
+    cfg = load_config(str(REPO / "conf" / "thin_resnet34_softmax.yaml"),
+                      overrides(tiny_recipe, f"data.train={data}"))
+    with pytest.raises(Exception, match=first_utt):
+        Trainer(cfg, str(tmp_path / "m"), DistInfo()).build()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_cpu_processes(tiny_recipe, tmp_path):
+    exp = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "pysv.bin.train", "--config",
+           str(REPO / "conf" / "thin_resnet34_mmp_balance.yaml"), "--exp-dir", str(exp), "--device", "cpu",
+           "--threads", "1", *overrides(tiny_recipe, "train.epochs=1", "sampler.batch_size=12")]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (exp / "final.pt").is_file()
+    log = (exp / "train.log").read_text()
+    assert "2 process(es)" in log
+    hist = json.loads((exp / "history.json").read_text())
+    assert len(hist) == 1 and np.isfinite(hist[0]["loss"])
