@@ -133,7 +133,7 @@ if [[ $stage -le 5 && $stop_stage -ge 5 ]]; then
       done
     done
   done
-  python -m pysv.bin.results_table --exp-root exp --out exp/RESULTS.md $system_list
+  python -m pysv.bin.results_table --exp-root exp --out exp/RESULTS.md
   log "results table: exp/RESULTS.md"
   cat exp/RESULTS.md
 fi

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pysv import models
-from pysv.models import MODEL_NAMES, build, count_parameters, default_feat_dim, input_kind
+from pysv.models import (MODEL_NAMES, build, count_parameters, default_feat_dim, hparam_names,
+                         input_kind)
 from pysv.models import pooling as P
 from pysv.models.mla_resnet import ENCODINGS
 from pysv.models.rawnet2 import FMS, FMS_MODES, SincConv
@@ -87,6 +87,7 @@ def test_registry():
         assert m.feat_dim == default_feat_dim(n) and m.input_kind == "features"
     with pytest.raises(ValueError, match="resnet99"):
         build("resnet99")
+    assert "fms" in hparam_names("rawnet2") and "feat_dim" not in hparam_names("rawnet2")
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -130,6 +131,7 @@ def test_bad_inputs_rejected():
 def test_shapes_and_gradients(name, kw):
     """Train mode: [B, embed_dim] output and a gradient on every parameter (padded batch)."""
     gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)  # parameter init: independent of test order
     model = build(name, **kw)
     T, lens = _lengths(name, kw)
     x = _input(model, len(lens), T, gen)
@@ -142,10 +144,11 @@ def test_shapes_and_gradients(name, kw):
     params = list(model.named_parameters())
     missing = [n for n, p in params if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing, f"no gradient for {missing}"
-    # a zero gradient can only come from ReLU units that happen to be off for this tiny batch
-    # (e.g. the 2-unit SE bottleneck of a 16-channel block), never from a disconnected layer
-    zero = [n for n, p in params if p.grad.abs().sum() == 0]
-    assert len(zero) <= 0.02 * len(params), f"zero gradient for {zero}"
+    # nonzero everywhere, except that the 2-unit ReLU bottleneck of the SE layers of the
+    # 16-channel Thin-ResNet blocks may be entirely off for a tiny batch (a dead ReLU, not a
+    # disconnected layer: the gradient exists, it is just zero)
+    zero = [n for n, p in params if p.grad.abs().sum() == 0 and ".se.fc." not in n]
+    assert not zero, f"zero gradient for {zero}"
     # eval mode, two different lengths one at a time
     model.eval()
     with torch.no_grad():
@@ -183,6 +186,7 @@ def test_batch_invariance(name, kw):
     """A padded row with ``lengths`` gives the embedding of its unpadded utterance, whatever else
     is in the batch (exact up to float rounding: padding is zeroed before every time-mixing conv)."""
     gen = torch.Generator().manual_seed(1)
+    torch.manual_seed(1)
     model = build(name, **kw)
     _randomize_bn(model, gen)
     model.eval()

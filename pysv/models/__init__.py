@@ -34,7 +34,7 @@ from .saep import SAEP
 from .thin_resnet import ThinResNet34
 from .xvector import XVector
 
-__all__ = ["MODEL_NAMES", "build", "input_kind", "default_feat_dim", "count_parameters",
+__all__ = ["MODEL_NAMES", "build", "input_kind", "default_feat_dim", "hparam_names", "count_parameters",
            "ThinResNet34", "XVector", "SAEP", "MLAResNet34", "RawNet2"]
 
 _REGISTRY: Dict[str, type] = {
