@@ -37,6 +37,7 @@ train_opts=               # extra key=value overrides for every training run
 backends="cosine plda"    # back-ends scored in stage 5 (cosine cosine_mean plda crops asnorm)
 lda_dim=200               # LDA dimension for PLDA (capped at #train speakers - 1)
 extract_mode=full         # full | crops | tta
+exp=exp                   # experiment root: exp/<system>/
 
 . ./utils/parse_options.sh
 
@@ -88,26 +89,26 @@ if [[ $stage -le 2 && $stop_stage -ge 2 ]]; then
   log "stage 2: training"
   for sys in $system_list; do
     log "training $sys"
-    args=(--config "conf/$sys.yaml" --resume "data.train=data/$train_set" $profile $train_opts)
+    args=(--config "conf/$sys.yaml" --exp-dir "$exp/$sys" --resume "data.train=data/$train_set" $profile $train_opts)
     if [[ $ngpu -gt 1 ]]; then
       launcher=(torchrun --standalone --nproc_per_node "$ngpu" -m pysv.bin.train --device cuda)
     else
       launcher=(python -m pysv.bin.train)
     fi
     if [[ -n ${train_cmd:-} ]]; then
-      $train_cmd "exp/$sys/log/train.log" "${launcher[@]}" "${args[@]}"
+      $train_cmd "$exp/$sys/log/train.log" "${launcher[@]}" "${args[@]}"
     else
       "${launcher[@]}" "${args[@]}"
     fi
   done
-  python -m pysv.bin.plot_curves --exp-root exp --out exp/valid_eer_curves.png $system_list
+  python -m pysv.bin.plot_curves --exp-root "$exp" --out "$exp/valid_eer_curves.png" $system_list
 fi
 
 if [[ $stage -le 3 && $stop_stage -ge 3 ]]; then
   log "stage 3: embedding extraction"
   for sys in $system_list; do
     for set in $train_set $test_set; do
-      steps/extract_embeddings.sh --nj "$nj" --cmd "$cpu_cmd" --mode "$extract_mode" "exp/$sys" "data/$set"
+      steps/extract_embeddings.sh --nj "$nj" --cmd "$cpu_cmd" --mode "$extract_mode" "$exp/$sys" "data/$set"
     done
   done
 fi
@@ -118,7 +119,7 @@ if [[ $stage -le 4 && $stop_stage -ge 4 ]]; then
   dim=$(( lda_dim < nspk - 1 ? lda_dim : nspk - 1 ))
   [[ $dim -lt $lda_dim ]] && log "LDA dimension capped at $dim (training set has $nspk speakers)"
   for sys in $system_list; do
-    python -m pysv.bin.backend --exp "exp/$sys" --train-set "$train_set" \
+    python -m pysv.bin.backend --exp "$exp/$sys" --train-set "$train_set" \
       --utt2spk "data/$train_set/utt2spk" --lda-dim "$dim"
   done
 fi
@@ -128,13 +129,13 @@ if [[ $stage -le 5 && $stop_stage -ge 5 ]]; then
   for sys in $system_list; do
     for trials in $trial_lists; do
       for backend in $backends; do
-        python -m pysv.bin.score --exp "exp/$sys" --trials "data/$test_set/$trials" --test-set "$test_set" \
+        python -m pysv.bin.score --exp "$exp/$sys" --trials "data/$test_set/$trials" --test-set "$test_set" \
           --train-set "$train_set" --backend "$backend"
       done
     done
   done
-  python -m pysv.bin.results_table --exp-root exp --out exp/RESULTS.md
-  log "results table: exp/RESULTS.md"
-  cat exp/RESULTS.md
+  python -m pysv.bin.results_table --exp-root "$exp" --out "$exp/RESULTS.md" > /dev/null
+  log "results table: $exp/RESULTS.md"
+  cat "$exp/RESULTS.md"
 fi
 log "done"

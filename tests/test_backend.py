@@ -313,3 +313,24 @@ def test_asnorm_cosine_hand():
     r = 1 / np.sqrt(2)
     got = asnorm_cosine_trials(E, E, [0], [1], cohort, top_n=2)
     np.testing.assert_allclose(got, [-(1 + r) / (1 - r)], rtol=1e-6)
+
+
+def test_lda_with_fewer_utterances_than_dimensions_uses_pca_subspace():
+    # 40 utterances of 10 speakers in 64 dims: the within-class covariance has rank 30 < 64.
+    from pysv.backend import LDA
+    rng = np.random.default_rng(5)
+    spk = rng.normal(size=(10, 64)) * 3.0
+    labels = np.repeat(np.arange(10), 4)
+    X = spk[labels] + rng.normal(size=(40, 64))
+    lda = LDA(dim=5).fit(X, labels)
+    Y = lda.transform(X)
+    assert Y.shape == (40, 5) and lda.matrix_.shape == (5, 65)
+    means = np.stack([Y[labels == k].mean(0) for k in range(10)])
+    within = sum((Y[labels == k] - means[k]).T @ (Y[labels == k] - means[k]) for k in range(10)) / 40
+    np.testing.assert_allclose(within, np.eye(5), atol=1e-8)
+    centred = means - Y.mean(0)
+    between = (centred.T @ centred) * 4 / 40
+    off = between - np.diag(np.diag(between))
+    assert np.abs(off).max() < 1e-8 and np.all(np.diff(np.diag(between)) <= 1e-12)
+    with pytest.raises(ValueError, match="dim <= 29"):
+        LDA(dim=31).fit(X, labels)

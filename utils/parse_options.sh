@@ -7,7 +7,8 @@ while true; do
     --help|-h)
       sed -n '2,/^set /p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
       echo "Options (current values):"
-      grep -E '^[a-z_]+=' "$0" | sed 's/^/  --/; s/_/-/g' | sed 's/-\([a-z]*\)=/-\1=/'
+      awk '/parse_options.sh/ {exit} /^[a-z0-9_]+=/ {i = index($0, "="); n = substr($0, 1, i - 1);
+           gsub("_", "-", n); print "  --" n substr($0, i)}' "$0"
       exit 0 ;;
     --*=*)
       name=${1%%=*}; name=${name#--}; name=${name//-/_}; value=${1#*=}

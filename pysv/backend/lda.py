@@ -68,7 +68,7 @@ class LDA:
     Attributes after :meth:`fit` (or :meth:`read`): ``matrix_`` (Kaldi's ``[dim, D+1]`` affine
     matrix), ``linear_`` (``[dim, D]``), ``offset_`` (``[dim]``); after fit also ``mean_``,
     ``eigenvalues_`` (between-class variances in the normalized space, all ``D`` of them,
-    decreasing), ``within_covar_``/``between_covar_`` of the input.
+    decreasing), ``within_covar_``/``between_covar_`` of the input (of the PCA subspace when the data forced one).
     """
 
     def __init__(self, dim: int = 200, total_covariance_factor: float = 0.0,
@@ -99,11 +99,23 @@ class LDA:
         if N - S == 0:
             raise ValueError(f"LDA needs speakers with several utterances: {S} speakers, {N} utterances "
                              "(within-class covariance would be zero)")
-        if N < D:
-            raise ValueError(f"too little data for LDA: {N} utterances for dimension {D} "
-                             "(total covariance is singular)")
         total = scatter(X, mean) / N
         between = (means * counts[:, None]).T @ means / N
+        # Small training sets (N - S < D, e.g. the mini corpus with 512-dim embeddings) make the
+        # within-class covariance singular, and Kaldi's eigenvalue floor would then blow up the
+        # null-space directions. We first project onto the leading N - S - 1 principal components of
+        # the total covariance and fit LDA there; the PCA is folded into the one affine matrix, so
+        # the written model keeps Kaldi's format. With enough data (N - S > D) nothing changes.
+        rank = N - S - 1
+        pca = None
+        if rank < D:
+            if self.dim > rank:
+                raise ValueError(f"too little data for LDA dim {self.dim}: {N} utterances of {S} speakers "
+                                 f"give a within-class covariance of rank {N - S}; use dim <= {rank}")
+            _, Ut = _sorted_eigh(total)
+            pca = Ut[:, :rank].T  # rank x D
+            total = pca @ total @ pca.T
+            between = pca @ between @ pca.T
         within = total - between
         f = self.total_covariance_factor
         to_norm = f * total + (1.0 - f) * within
@@ -114,6 +126,8 @@ class LDA:
         Bp = C @ between @ C.T
         e, V = _sorted_eigh(Bp)
         A = V[:, : self.dim].T @ C
+        if pca is not None:
+            A = A @ pca
         self.mean_ = mean
         self.within_covar_ = within
         self.between_covar_ = between
