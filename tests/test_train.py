@@ -188,3 +188,41 @@ def test_ddp_two_cpu_processes(tiny_recipe, tmp_path):
     assert "2 process(es)" in log
     hist = json.loads((exp / "history.json").read_text())
     assert len(hist) == 1 and np.isfinite(hist[0]["loss"])
+
+
+def _noise_dirs(tmp_path):
+    """A MUSAN-like folder (noise/ and music/ categories) and a folder of RIRs, generated."""
+    import soundfile as sf
+    rng = np.random.default_rng(0)
+    musan = tmp_path / "musan"
+    for cat in ("noise", "music"):
+        (musan / cat).mkdir(parents=True)
+        sf.write(musan / cat / f"{cat}1.wav", (0.1 * rng.standard_normal(24000)).astype(np.float32), 16000)
+    rirs = tmp_path / "rirs"
+    rirs.mkdir()
+    t = np.arange(4000) / 16000
+    rir = (rng.standard_normal(4000) * np.exp(-t / 0.05)).astype(np.float32)
+    rir[0] = 1.0
+    sf.write(rirs / "room1.wav", rir, 16000)
+    return musan, rirs
+
+
+@pytest.mark.parametrize("system,extra", [
+    ("saep_amsoftmax", ["data.feature=fbank40", "model.hparams.feat_dim=40", "model.hparams.d_k=32",
+                        "model.hparams.d_ff=64"]),
+    # fbank64 computed on the fly from augmented audio, then SpecAugment (seed 003's set-up)
+    ("mla_resnet34_mla_sap_fr_dln_softmax", ["data.crop=60", "AUGMENT"]),
+    # raw waveform with augmentation and the embedding scaled to norm 10 before the classifier
+    ("rawnet2_mul_add_softmax", ["data.crop=8000", "AUGMENT"]),
+])
+def test_every_encoder_family_trains(tiny_recipe, tmp_path, system, extra):
+    musan, rirs = _noise_dirs(tmp_path)
+    extra = [e for e in extra if e != "AUGMENT"] + (
+        [f"data.augment={{musan: {musan}, rirs: {rirs}, prob: 1.0}}"] if "AUGMENT" in extra else [])
+    exp, _ = run_train(tiny_recipe, tmp_path, f"{system}.yaml", "train.epochs=1", "sampler.batch_size=6",
+                       "data.valid_speakers=2", *extra)
+    hist = json.loads((exp / "history.json").read_text())
+    assert np.isfinite(hist[0]["loss"]) and "valid_eer" in hist[0]
+    cfg = load_config(str(exp / "config.yaml"))
+    if "AUGMENT" in " ".join(extra) or any("augment" in e for e in extra):
+        assert cfg["data"]["augment"]["prob"] == 1.0

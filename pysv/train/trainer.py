@@ -228,6 +228,8 @@ class Trainer:
                   max_utts_per_spk=scfg["max_utts_per_spk"])
         if scfg["kind"] == "balanced":
             kw["utts_per_spk"] = scfg["utts_per_spk"]
+        elif scfg["kind"] == "shuffle":
+            kw["drop_last"] = True  # a last batch of one utterance would break batch norm
         self.sampler = build_sampler(scfg["kind"], labels, scfg["batch_size"] // world, **kw)
         nw = dcfg["num_workers"]
         self.loader = DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=nw,
