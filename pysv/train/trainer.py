@@ -148,6 +148,8 @@ class Trainer:
                                   **cfg["loss"]["hparams"])
         except TypeError as e:
             raise ConfigError(f"config key 'loss.hparams': {e}") from None
+        if hasattr(encoder, "hparams"):  # record the resolved encoder hyper-parameters in config.yaml
+            cfg["model"]["hparams"] = dict(encoder.hparams)
         self.num_params = sum(p.numel() for p in encoder.parameters())
         net = SpeakerNet(encoder, loss, cfg["train"]["embed_norm_scale"]).to(self.device)
         if self.device.type == "cuda" and cfg["train"]["channels_last"] and model_name in ("thin_resnet34", "mla_resnet34"):
