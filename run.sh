@@ -49,7 +49,7 @@ log() { echo "$(date '+%H:%M:%S') [run.sh] $*"; }
 
 case $corpus in
   mini)     train_set=mini_train; test_set=mini_test; trial_lists="trials"
-            profile="train.epochs=10 sampler.batch_size=48 data.valid_speakers=6 data.num_workers=1 train.log_interval=2 optim.lr=0.1" ;;
+            profile="train.epochs=12 sampler.batch_size=48 data.valid_speakers=6 data.num_workers=1 train.log_interval=2 optim.lr=0.1" ;;
   folder)   [[ -n $corpus_dir ]] || { echo "run.sh: --corpus folder needs --corpus-dir" >&2; exit 1; }
             name=${name:-folder}; train_set=${name}_train; test_set=${name}_test; trial_lists="trials"
             profile="train.epochs=30 sampler.batch_size=64 data.valid_speakers=10 data.num_workers=1" ;;

@@ -1,4 +1,4 @@
-# Kaldi-style option parsing, sourced by scripts after their defaults:
+# Kaldi-style option parsing (its own variables start with __ so they never clobber the caller's), sourced by scripts after their defaults:
 #   --some-option value   sets the shell variable some_option (dashes become underscores);
 #   the variable must already exist (so a misspelt option is an error), --help prints the header.
 while true; do
@@ -11,14 +11,14 @@ while true; do
            gsub("_", "-", n); print "  --" n substr($0, i)}' "$0"
       exit 0 ;;
     --*=*)
-      name=${1%%=*}; name=${name#--}; name=${name//-/_}; value=${1#*=}
-      if ! declare -p "$name" >/dev/null 2>&1; then echo "$0: invalid option ${1%%=*}" >&2; exit 1; fi
-      printf -v "$name" '%s' "$value"; shift ;;
+      __opt=${1%%=*}; __opt=${__opt#--}; __opt=${__opt//-/_}
+      if ! declare -p "$__opt" >/dev/null 2>&1; then echo "$0: invalid option ${1%%=*}" >&2; exit 1; fi
+      printf -v "$__opt" '%s' "${1#*=}"; shift ;;
     --*)
-      name=${1#--}; name=${name//-/_}
-      if ! declare -p "$name" >/dev/null 2>&1; then echo "$0: invalid option $1" >&2; exit 1; fi
+      __opt=${1#--}; __opt=${__opt//-/_}
+      if ! declare -p "$__opt" >/dev/null 2>&1; then echo "$0: invalid option $1" >&2; exit 1; fi
       if [[ $# -lt 2 ]]; then echo "$0: option $1 needs a value" >&2; exit 1; fi
-      printf -v "$name" '%s' "$2"; shift 2 ;;
+      printf -v "$__opt" '%s' "$2"; shift 2 ;;
     *) break ;;
   esac
 done
