@@ -36,6 +36,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from pysv.utils.cli import run_cli
 from pysv.utils.io import DataError, atomic_write, read_table, read_trials
 
 log = logging.getLogger("pysv.bin.score")
@@ -351,12 +352,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     args = build_parser().parse_args(argv)
     setup_logging()
-    try:
-        return run(args)
-    except (DataError, ValueError) as e:
-        log.error("%s", e)
-        print(f"score.py: error: {e}", file=sys.stderr)
-        return 1
+    return run_cli(run, args, "score.py", log)
 
 
 if __name__ == "__main__":
