@@ -23,18 +23,10 @@ from typing import List, Optional
 
 import numpy as np
 
-from pysv.utils.cli import run_cli
+from pysv.utils.cli import run_cli, str2bool
 from pysv.utils.io import DataError, is_complete, mark_complete, read_table
 
 log = logging.getLogger("pysv.bin.backend")
-
-
-def str2bool(v: str) -> bool:
-    if v.lower() in ("true", "1", "yes"):
-        return True
-    if v.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {v!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:

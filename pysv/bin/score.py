@@ -36,20 +36,12 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from pysv.utils.cli import run_cli
+from pysv.utils.cli import run_cli, str2bool
 from pysv.utils.io import DataError, atomic_write, read_table, read_trials
 
 log = logging.getLogger("pysv.bin.score")
 
 BACKENDS = ("cosine", "cosine_mean", "plda", "crops", "asnorm")
-
-
-def str2bool(v: str) -> bool:
-    if v.lower() in ("true", "1", "yes"):
-        return True
-    if v.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {v!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,15 @@ from typing import Callable
 from pysv.utils.io import DataError
 
 
+def str2bool(v: str) -> bool:
+    """argparse ``type`` for true/false options: true|1|yes, false|0|no (any case)."""
+    if v.lower() in ("true", "1", "yes"):
+        return True
+    if v.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {v!r}")
+
+
 def run_cli(run: Callable[[argparse.Namespace], int], args: argparse.Namespace, prog: str,
             log: logging.Logger) -> int:
     """Return ``run(args)``; a ``DataError`` or ``ValueError`` is logged to ``log``, printed to stderr as
