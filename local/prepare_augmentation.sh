@@ -11,48 +11,33 @@
 #   --musan-name musan --rirs-name rirs (set names)
 # e.g. local/prepare_augmentation.sh --musan-dir ../shared/data/noise --rirs-dir ../shared/data/rir data
 set -euo pipefail
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-[[ -f "$root/path.sh" ]] && . "$root/path.sh"
-export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+. "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 musan_dir=
 rirs_dir=
-musan_data=data
-opts=()
+musan_opts=()
 rirs_opts=()
-common=()
-flags=" --force --no-progress --check-audio --no-check-audio "
-while [[ $# -gt 0 ]]; do
+script_option() {
   case "$1" in
-    -h|--help) awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; exit 0 ;;
-    --musan-dir) musan_dir=$2; shift 2 ;;
-    --rirs-dir) rirs_dir=$2; shift 2 ;;
-    --categories) musan_opts+=("$1" "$2"); shift 2 ;;
-    --rir-types) rirs_opts+=("$1" "$2"); shift 2 ;;
-    --musan-name) musan_opts+=(--name "$2"); shift 2 ;;
-    --rirs-name) rirs_opts+=(--name "$2"); shift 2 ;;
-    --data-root) data=$2; shift 2 ;;
-    --data-root=*) data=${1#*=}; shift ;;
-    --*=*) common+=("$1"); shift ;;
-    --*) if [[ "$flags" == *" $1 "* ]]; then common+=("$1"); shift
-         elif [[ $# -ge 2 ]]; then common+=("$1" "$2"); shift 2
-         else echo "$0: option $1 needs a value" >&2; exit 1; fi ;;
-    *) break ;;
+    --musan-dir) musan_dir=$2 ;;
+    --rirs-dir) rirs_dir=$2 ;;
+    --categories) musan_opts+=("$1" "$2") ;;
+    --rir-types) rirs_opts+=("$1" "$2") ;;
+    --musan-name) musan_opts+=(--name "$2") ;;
+    --rirs-name) rirs_opts+=(--name "$2") ;;
+    *) return 1 ;;
   esac
-done
+}
+parse_prepare_options "" "$@"; set -- ${args[@]+"${args[@]}"}  # "": no python --help (two subcommands)
 if [[ $# -gt 1 ]]; then echo "usage: $0 [--musan-dir DIR] [--rirs-dir DIR] [options] [<data-root>]" >&2; exit 1; fi
 if [[ -z "$musan_dir" && -z "$rirs_dir" ]]; then
   echo "$0: give --musan-dir and/or --rirs-dir" >&2; exit 1
 fi
 [[ $# -eq 1 ]] && data=$1
 if [[ -n "$musan_dir" ]]; then
-  cmd=(python -m pysv.bin.prepare_data musan --musan-dir "$musan_dir" ${musan_opts[@]+"${musan_opts[@]}"}
-       ${common[@]+"${common[@]}"} --data-root "$data")
-  echo "$0: ${cmd[*]}"
-  "${cmd[@]}"
+  run_cmd python -m pysv.bin.prepare_data musan --musan-dir "$musan_dir" ${musan_opts[@]+"${musan_opts[@]}"} \
+    ${opts[@]+"${opts[@]}"} --data-root "$data"
 fi
 if [[ -n "$rirs_dir" ]]; then
-  cmd=(python -m pysv.bin.prepare_data rirs --rirs-dir "$rirs_dir" ${rirs_opts[@]+"${rirs_opts[@]}"}
-       ${common[@]+"${common[@]}"} --data-root "$data")
-  echo "$0: ${cmd[*]}"
-  "${cmd[@]}"
+  run_cmd python -m pysv.bin.prepare_data rirs --rirs-dir "$rirs_dir" ${rirs_opts[@]+"${rirs_opts[@]}"} \
+    ${opts[@]+"${opts[@]}"} --data-root "$data"
 fi

@@ -13,32 +13,18 @@
 # e.g. local/prepare_folder.sh --name so762 ../shared/data/so762_dev/wav data
 # Every option goes to `python -m pysv.bin.prepare_data folder` (run with --help for the full list).
 set -euo pipefail
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-[[ -f "$root/path.sh" ]] && . "$root/path.sh"
-export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
-flags=" --force --no-progress --check-audio --no-check-audio "
-data=data
+. "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 corpus=
-opts=()
-while [[ $# -gt 0 ]]; do
+script_option() {
   case "$1" in
-    -h|--help) awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; python -m pysv.bin.prepare_data folder --help; exit 0 ;;
-    --data-root) data=$2; shift 2 ;;
-    --corpus-dir) corpus=$2; shift 2 ;;
-    --corpus-dir=*) corpus=${1#*=}; shift ;;
-    --data-root=*) data=${1#*=}; shift ;;
-    --*=*) opts+=("$1"); shift ;;
-    --*) if [[ "$flags" == *" $1 "* ]]; then opts+=("$1"); shift
-         elif [[ $# -ge 2 ]]; then opts+=("$1" "$2"); shift 2
-         else echo "$0: option $1 needs a value" >&2; exit 1; fi ;;
-    *) break ;;
+    --corpus-dir) corpus=$2 ;;
+    *) return 1 ;;
   esac
-done
+}
+parse_prepare_options folder "$@"; set -- ${args[@]+"${args[@]}"}
 [[ $# -ge 1 ]] && { corpus=$1; shift; }
 [[ $# -ge 1 ]] && { data=$1; shift; }
 if [[ $# -gt 0 || -z "$corpus" ]]; then
   echo "usage: $0 [options] <corpus-dir> [<data-root>]   (or --corpus-dir DIR --data-root DIR; see --help)" >&2; exit 1
 fi
-cmd=(python -m pysv.bin.prepare_data folder --corpus-dir "$corpus" ${opts[@]+"${opts[@]}"} --data-root "$data")
-echo "$0: ${cmd[*]}"
-"${cmd[@]}"
+run_cmd python -m pysv.bin.prepare_data folder --corpus-dir "$corpus" ${opts[@]+"${opts[@]}"} --data-root "$data"

@@ -23,17 +23,10 @@ from typing import List, Optional
 
 import numpy as np
 
+from pysv.utils.cli import run_cli, str2bool
 from pysv.utils.io import DataError, is_complete, mark_complete, read_table
 
 log = logging.getLogger("pysv.bin.backend")
-
-
-def str2bool(v: str) -> bool:
-    if v.lower() in ("true", "1", "yes"):
-        return True
-    if v.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {v!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,12 +130,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     log_file = args.log_file or (str(Path(args.exp) / "backend" / "backend.log") if Path(args.exp).is_dir() else None)
     setup_logging(log_file)
-    try:
-        return run(args)
-    except (DataError, ValueError) as e:
-        log.error("%s", e)
-        print(f"backend.py: error: {e}", file=sys.stderr)
-        return 1
+    return run_cli(run, args, "backend.py", log)
 
 
 if __name__ == "__main__":

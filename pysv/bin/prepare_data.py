@@ -73,6 +73,18 @@ def _trial_args(p: argparse.ArgumentParser, seed_default: int) -> None:
                         "without replacement from all different-speaker pairs (default: 1.0)")
 
 
+def _augment_parser(sub, corpus: str, group: str, dir_help: str, select: str, select_help: str,
+                    **parser_kwargs) -> None:
+    """Sub-command ``corpus`` (musan | rirs): --<corpus>-dir (required), the comma-list option
+    ``select`` (what to keep) and --name (default: ``corpus``)."""
+    p = sub.add_parser(corpus, parents=[_common(True)], formatter_class=argparse.RawDescriptionHelpFormatter,
+                       **parser_kwargs)
+    g = p.add_argument_group(group)
+    g.add_argument(f"--{corpus}-dir", required=True, help=dir_help)
+    g.add_argument(select, type=_csv, default=None, help=select_help)
+    g.add_argument("--name", default=corpus, help=f"set / manifest name (default: {corpus})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m pysv.bin.prepare_data", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=OUTPUTS)
@@ -152,32 +164,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training set name (default: vox2_dev, vox1_dev, or vox12_dev for both)")
     g.add_argument("--test-set-name", default="vox1_test", help="test set name (default: vox1_test)")
 
-    p = sub.add_parser("musan", parents=[_common(True)], formatter_class=fmt,
-                       help="noise / music / speech for additive augmentation (MUSAN or a folder of categories)",
-                       description="Noise recordings from MUSAN (musan/{noise,music,speech}/<source>/*.wav) or any "
-                                   "folder of category folders (<category>/<id>.{wav,flac}, with optional "
-                                   "wav.list / files.tsv). Writes <data-root>/manifests/<name>_{recordings,"
-                                   "supervisions,cuts}.jsonl.gz (custom field 'category') and <data-root>/<name>/"
-                                   "{wav.scp,utt2category,utt2dur,utt2spk,spk2utt}.")
-    g = p.add_argument_group("noise")
-    g.add_argument("--musan-dir", required=True, help="MUSAN root (or a folder of <category>/ folders)")
-    g.add_argument("--categories", type=_csv, default=None,
-                   help="comma list of categories to keep, e.g. noise,music,speech (default: all found)")
-    g.add_argument("--name", default="musan", help="set / manifest name (default: musan)")
-
-    p = sub.add_parser("rirs", parents=[_common(True)], formatter_class=fmt,
-                       help="room impulse responses (RIRS_NOISES or a folder of RIRs)",
-                       description="RIRs from RIRS_NOISES (simulated_rirs/<type>/Room*/*.wav, "
-                                   "real_rirs_isotropic_noises/*.wav without the noise recordings) or any folder "
-                                   "of <id>.{wav,flac} (optional wav.list / files.tsv with a 'room' column). "
-                                   "Multi-channel files become one mono recording per channel. Writes "
-                                   "<data-root>/manifests/<name>_{recordings,supervisions,cuts}.jsonl.gz and "
-                                   "<data-root>/<name>/{wav.scp,utt2room,utt2type,utt2dur,utt2spk,spk2utt}.")
-    g = p.add_argument_group("rirs")
-    g.add_argument("--rirs-dir", required=True, help="RIRS_NOISES root (or its parent), or a folder of RIR files")
-    g.add_argument("--rir-types", type=_csv, default=None,
-                   help="for RIRS_NOISES: comma list of simulated, real (default: both)")
-    g.add_argument("--name", default="rirs", help="set / manifest name (default: rirs)")
+    _augment_parser(sub, "musan", "noise",
+                    help="noise / music / speech for additive augmentation (MUSAN or a folder of categories)",
+                    description="Noise recordings from MUSAN (musan/{noise,music,speech}/<source>/*.wav) or any "
+                                "folder of category folders (<category>/<id>.{wav,flac}, with optional "
+                                "wav.list / files.tsv). Writes <data-root>/manifests/<name>_{recordings,"
+                                "supervisions,cuts}.jsonl.gz (custom field 'category') and <data-root>/<name>/"
+                                "{wav.scp,utt2category,utt2dur,utt2spk,spk2utt}.",
+                    dir_help="MUSAN root (or a folder of <category>/ folders)",
+                    select="--categories",
+                    select_help="comma list of categories to keep, e.g. noise,music,speech (default: all found)")
+    _augment_parser(sub, "rirs", "rirs",
+                    help="room impulse responses (RIRS_NOISES or a folder of RIRs)",
+                    description="RIRs from RIRS_NOISES (simulated_rirs/<type>/Room*/*.wav, "
+                                "real_rirs_isotropic_noises/*.wav without the noise recordings) or any folder "
+                                "of <id>.{wav,flac} (optional wav.list / files.tsv with a 'room' column). "
+                                "Multi-channel files become one mono recording per channel. Writes "
+                                "<data-root>/manifests/<name>_{recordings,supervisions,cuts}.jsonl.gz and "
+                                "<data-root>/<name>/{wav.scp,utt2room,utt2type,utt2dur,utt2spk,spk2utt}.",
+                    dir_help="RIRS_NOISES root (or its parent), or a folder of RIR files",
+                    select="--rir-types",
+                    select_help="for RIRS_NOISES: comma list of simulated, real (default: both)")
     return ap
 
 

@@ -36,19 +36,12 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from pysv.utils.cli import run_cli, str2bool
 from pysv.utils.io import DataError, atomic_write, read_table, read_trials
 
 log = logging.getLogger("pysv.bin.score")
 
 BACKENDS = ("cosine", "cosine_mean", "plda", "crops", "asnorm")
-
-
-def str2bool(v: str) -> bool:
-    if v.lower() in ("true", "1", "yes"):
-        return True
-    if v.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {v!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -351,12 +344,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     args = build_parser().parse_args(argv)
     setup_logging()
-    try:
-        return run(args)
-    except (DataError, ValueError) as e:
-        log.error("%s", e)
-        print(f"score.py: error: {e}", file=sys.stderr)
-        return 1
+    return run_cli(run, args, "score.py", log)
 
 
 if __name__ == "__main__":

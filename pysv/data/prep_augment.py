@@ -28,7 +28,7 @@ import logging
 import os
 import re
 from pathlib import Path, PurePosixPath
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from pysv.data.prepare import (AUDIO_EXTS, AudioOptions, check_id, make_fingerprint, make_recording,
                                manifest_paths, materialize_audio, probe_files, raise_errors, rate_error,
@@ -275,28 +275,27 @@ def _prepare_aug(kind: str, items: List[AugItem], data_root, name: str, audio_op
 def prepare_musan(musan_dir, data_root="data", name: str = "musan", categories: Optional[Sequence[str]] = None,
                   audio_opts: Optional[AudioOptions] = None, force: bool = False) -> Path:
     """Noise / music / speech recordings for additive-noise augmentation."""
-    audio_opts = audio_opts or AudioOptions()
-    audio_opts.validate()
-    check_id("set name", name, "--name")
-    fp = make_fingerprint(stage="musan", dir=os.path.abspath(musan_dir), categories=list(categories or []),
-                          audio=audio_opts.fingerprint(), name=name)
-    if not force and stage_complete(data_root, [name], fp):
-        logger.info("noise set %s already prepared (same configuration); skipping", name)
-        return Path(data_root) / name
-    items = scan_noise_folder(musan_dir, categories)
-    return _prepare_aug("noise", items, data_root, name, audio_opts, fp)
+    return _run_aug_stage("noise", data_root, name, audio_opts, force, lambda: scan_noise_folder(musan_dir, categories),
+                          stage="musan", dir=os.path.abspath(musan_dir), categories=list(categories or []))
 
 
 def prepare_rirs(rirs_dir, data_root="data", name: str = "rirs", rir_types: Optional[Sequence[str]] = None,
                  audio_opts: Optional[AudioOptions] = None, force: bool = False) -> Path:
     """Room impulse responses for reverberation augmentation."""
+    return _run_aug_stage("rir", data_root, name, audio_opts, force, lambda: scan_rir_folder(rirs_dir, rir_types),
+                          stage="rirs", dir=os.path.abspath(rirs_dir), rir_types=list(rir_types or []))
+
+
+def _run_aug_stage(kind: str, data_root, name: str, audio_opts: Optional[AudioOptions], force: bool,
+                   scan: Callable[[], List[AugItem]], **config) -> Path:
+    """Validate the options, skip when set ``name`` is complete with the same configuration (``config``
+    plus the audio options and name), else scan the source and write the set."""
     audio_opts = audio_opts or AudioOptions()
     audio_opts.validate()
     check_id("set name", name, "--name")
-    fp = make_fingerprint(stage="rirs", dir=os.path.abspath(rirs_dir), rir_types=list(rir_types or []),
-                          audio=audio_opts.fingerprint(), name=name)
+    fp = make_fingerprint(**config, audio=audio_opts.fingerprint(), name=name)
     if not force and stage_complete(data_root, [name], fp):
-        logger.info("RIR set %s already prepared (same configuration); skipping", name)
+        logger.info("%s set %s already prepared (same configuration); skipping",
+                    "RIR" if kind == "rir" else kind, name)
         return Path(data_root) / name
-    items = scan_rir_folder(rirs_dir, rir_types)
-    return _prepare_aug("rir", items, data_root, name, audio_opts, fp)
+    return _prepare_aug(kind, scan(), data_root, name, audio_opts, fp)

@@ -31,39 +31,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .pooling import (GlobalAveragePooling, SelfAttentivePooling, check_lengths, conv_out_lengths,
-                      mask_time)
+from .pooling import GlobalAveragePooling, SelfAttentivePooling, check_lengths, mask_time
+from .resnet_blocks import check_stages, init_resnet_weights, make_stage
 
 __all__ = ["MLAResNet34", "ENCODINGS"]
 
 ENCODINGS = ("gap", "sap", "mla_gap", "mla_sap", "mla_sap_fr", "mla_sap_fr_dln")
-
-
-class _BasicBlock(nn.Module):
-    """Standard ResNet basic block (He et al. 2016): conv-BN-ReLU-conv-BN + shortcut, ReLU."""
-
-    def __init__(self, inplanes: int, planes: int, stride: int):
-        super().__init__()
-        self.stride = stride
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = None
-        if stride != 1 or inplanes != planes:
-            self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False),
-                                            nn.BatchNorm2d(planes))
-
-    def out_lengths(self, lengths):
-        return conv_out_lengths(lengths, 3, self.stride, 1)
-
-    def forward(self, x, lengths):
-        out_len = self.out_lengths(lengths)
-        out = self.relu(self.bn1(self.conv1(mask_time(x, lengths))))
-        out = self.bn2(self.conv2(mask_time(out, out_len)))
-        residual = x if self.downsample is None else self.downsample(x)  # 1x1: no time mixing
-        return self.relu(out + residual), out_len
 
 
 class _SAPBranch(nn.Module):
@@ -134,9 +107,7 @@ class MLAResNet34(nn.Module):
                  sap_value: str = "hidden", mla_dropout: float = 0.2, fr_reduction: int = 8,
                  dln_alpha: float = 10.0):
         super().__init__()
-        channels, layers = tuple(int(c) for c in channels), tuple(int(n) for n in layers)
-        if len(channels) != 4 or len(layers) != 4 or min(channels + layers) < 1:
-            raise ValueError(f"channels and layers must be 4 positive ints, got {channels}, {layers}")
+        channels, layers = check_stages(channels, layers)
         if encoding not in ENCODINGS:
             raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}; got {encoding!r}")
         if sap_value not in ("hidden", "input"):
@@ -156,10 +127,8 @@ class MLAResNet34(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.stages = nn.ModuleList()
         inplanes = channels[0]
-        for i, (c, n) in enumerate(zip(channels, layers)):
-            stride = 1 if i == 0 else 2
-            self.stages.append(nn.ModuleList(_BasicBlock(inplanes if j == 0 else c, c,
-                                                         stride if j == 0 else 1) for j in range(n)))
+        for c, n, stride in zip(channels, layers, (1, 2, 2, 2)):
+            self.stages.append(nn.ModuleList(make_stage(inplanes, c, n, stride)))
             inplanes = c
 
         mla = encoding.startswith("mla")
@@ -174,12 +143,7 @@ class MLAResNet34(nn.Module):
                    if encoding in ("mla_sap_fr", "mla_sap_fr_dln") else None)
         self.dln = DeepLengthNorm(dln_alpha) if encoding == "mla_sap_fr_dln" else None
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
+        init_resnet_weights(self)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         for stage in self.stages:

@@ -21,53 +21,10 @@ import torch
 import torch.nn as nn
 
 from .pooling import (AttentiveStatisticsPooling, SelfAttentivePooling, TemporalAveragePooling,
-                      check_lengths, conv_out_lengths, lengths_to_mask, mask_time)
+                      check_lengths, lengths_to_mask, mask_time)
+from .resnet_blocks import check_stages, init_resnet_weights, make_stage
 
 __all__ = ["ThinResNet34"]
-
-
-class _SELayer(nn.Module):
-    """Squeeze-and-excitation over channels; the squeeze averages valid frames only."""
-
-    def __init__(self, channels: int, reduction: int):
-        super().__init__()
-        self.fc = nn.Sequential(nn.Linear(channels, channels // reduction), nn.ReLU(inplace=True),
-                                nn.Linear(channels // reduction, channels), nn.Sigmoid())
-
-    def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor]) -> torch.Tensor:
-        if lengths is None:
-            y = x.mean(dim=(2, 3))
-        else:
-            y = mask_time(x, lengths).float().sum(dim=(2, 3)) / (lengths.float() * x.shape[2]).unsqueeze(1)
-        return x * self.fc(y.to(x.dtype))[:, :, None, None]
-
-
-class _SEBasicBlock(nn.Module):
-    def __init__(self, inplanes: int, planes: int, stride: int, se: bool, reduction: int):
-        super().__init__()
-        self.stride = stride
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.se = _SELayer(planes, reduction) if se else None
-        self.downsample = None
-        if stride != 1 or inplanes != planes:
-            self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False),
-                                            nn.BatchNorm2d(planes))
-
-    def out_lengths(self, lengths):
-        return conv_out_lengths(lengths, 3, self.stride, 1)
-
-    def forward(self, x, lengths):
-        out_len = self.out_lengths(lengths)
-        out = self.bn1(self.relu(self.conv1(mask_time(x, lengths))))  # reference order: ReLU, BN
-        out = self.bn2(self.conv2(mask_time(out, out_len)))
-        if self.se is not None:
-            out = self.se(out, out_len)
-        residual = x if self.downsample is None else self.downsample(x)  # 1x1: no time mixing
-        return self.relu(out + residual), out_len
 
 
 class ThinResNet34(nn.Module):
@@ -93,9 +50,7 @@ class ThinResNet34(nn.Module):
                  se: bool = True, se_reduction: int = 8, last_stride: int = 1,
                  instance_norm: bool = False):
         super().__init__()
-        channels, layers = tuple(int(c) for c in channels), tuple(int(n) for n in layers)
-        if len(channels) != 4 or len(layers) != 4 or min(channels + layers) < 1:
-            raise ValueError(f"channels and layers must be 4 positive ints, got {channels}, {layers}")
+        channels, layers = check_stages(channels, layers)
         if pooling not in ("sap", "tap", "asp"):
             raise ValueError(f"pooling must be 'sap', 'tap' or 'asp', got {pooling!r}")
         if last_stride not in (1, 2):
@@ -115,11 +70,10 @@ class ThinResNet34(nn.Module):
         self.bn1 = nn.BatchNorm2d(channels[0])
         self.relu = nn.ReLU(inplace=True)
         blocks, inplanes = [], channels[0]
-        for i, (c, n) in enumerate(zip(channels, layers)):
-            stride = (1, 2, 2, last_stride)[i]
-            for j in range(n):
-                blocks.append(_SEBasicBlock(inplanes, c, stride if j == 0 else 1, se, se_reduction))
-                inplanes = c
+        for c, n, stride in zip(channels, layers, (1, 2, 2, last_stride)):
+            blocks += make_stage(inplanes, c, n, stride, se_reduction=se_reduction if se else None,
+                                 relu_before_bn=True)  # reference order: ReLU, BN
+            inplanes = c
         self.blocks = nn.ModuleList(blocks)
         if pooling == "sap":
             self.pool = SelfAttentivePooling(channels[3])
@@ -129,12 +83,7 @@ class ThinResNet34(nn.Module):
             self.pool = TemporalAveragePooling(channels[3])
         self.fc = nn.Linear(self.pool.out_dim, self.embed_dim)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
+        init_resnet_weights(self)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Frames after the network (what the pooling sees) for ``lengths`` input frames."""
