@@ -110,7 +110,7 @@ def main():
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else os.cpu_count()} "
           f"{'GPU' if device.type == 'cuda' else 'CPU cores'}), torch threads {torch.get_num_threads()}, "
           f"batch {args.batch}, {args.steps} timed steps, {args.workers} loader workers")
-    print(f"| system | input per sample | params | pipeline samples/s | compute-only samples/s | pipeline/compute | loader wait |")
+    print("| system | input per sample | params | pipeline samples/s | compute-only samples/s | pipeline/compute | loader wait |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for system in args.systems.split(","):
         cfg = load_config(str(REPO / "conf" / f"{system}.yaml"), [

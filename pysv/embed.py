@@ -10,7 +10,7 @@ Modes (``mode``):
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional
 
 import numpy as np
 import torch

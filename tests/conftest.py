@@ -1,7 +1,6 @@
 """Shared fixtures: a tiny prepared mini corpus with fbank40 features (built once per session)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

@@ -2,7 +2,6 @@
 definitions written out here, the make_features stage (CLI, job split, merge, skip, resume) and bad input."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

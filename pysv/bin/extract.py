@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     import torch
     from pysv.embed import UtteranceReader, embed_utterances
     from pysv.train.trainer import features_dir, load_encoder
-    from pysv.utils.io import DataError, atomic_write, is_complete, mark_complete, read_table
+    from pysv.utils.io import DataError, is_complete, mark_complete
     from pysv.utils.logging import setup_logging
 
     setup_logging()

@@ -41,7 +41,6 @@ Common behaviour:
 from __future__ import annotations
 
 import inspect
-import math
 import warnings
 from typing import Dict, Hashable, Iterator, List, Optional, Sequence, Tuple
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from pysv import losses as loss_lib
 from pysv import models as model_lib
 from pysv.train.config import ConfigError, save_config
 from pysv.train.distributed import DistInfo, barrier, broadcast_float
-from pysv.utils.io import DataError, atomic_path, atomic_write, mark_complete, read_table
+from pysv.utils.io import DataError, atomic_path, atomic_write, mark_complete
 
 log = logging.getLogger("pysv.train")
 
@@ -352,8 +351,6 @@ class Trainer:
         for step, (x, y) in enumerate(bar, 1):
             x = x.to(dev, non_blocking=True)
             y = y.to(dev, non_blocking=True)
-            if dev.type == "cuda" and x.dim() == 3 and self.cfg["train"]["channels_last"]:
-                pass  # encoders add the channel axis themselves
             with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=self.use_amp):
                 loss, acc = self.ddp(x, y)
             # checked before backward so that the weights of the last good step are never corrupted;
@@ -407,10 +404,10 @@ class Trainer:
         from pysv.metrics import compute_eer
         if not self.dist.is_main:
             return None
-        extractor = self.feature_extractor if Path(self.valid_reader_dir, "feats.scp").is_file() is False \
-            and self.input_kind == "features" else None
-        reader = UtteranceReader(self.valid_reader_dir, kind=self.input_kind if extractor is None else "audio",
-                                 feature_extractor=extractor)
+        # a feature system trained on on-the-fly features validates on features computed from audio
+        on_the_fly = self.input_kind == "features" and not Path(self.valid_reader_dir, "feats.scp").is_file()
+        reader = UtteranceReader(self.valid_reader_dir, kind="audio" if on_the_fly else self.input_kind,
+                                 feature_extractor=self.feature_extractor if on_the_fly else None)
         utts = sorted({u for a, b, _ in self.valid_trials for u in (a, b)})
         emb = embed_utterances(self.net.encoder, reader, utts, self.device, mode="full",
                                progress=False, desc="validation")
