@@ -4,6 +4,7 @@
 # Leaves exp/<system>/embeddings/<set>/{xvector,spk_xvector}.{ark,scp} and num_utts.ark
 # (or xvector_crops.{ark,scp} with --mode crops). Skips a set whose embeddings are complete.
 set -euo pipefail
+[[ -f path.sh ]] && . ./path.sh  # the project's venv, as Kaldi's steps scripts do
 nj=2
 cmd=steps/launch/local.sh
 mode=full
