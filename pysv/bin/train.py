@@ -44,19 +44,24 @@ def main(argv=None) -> int:
         return 2
     exp = Path(args.exp_dir or Path("exp") / cfg["system"])
     info = init_distributed(args.device)
-    if info.is_main:
-        if args.overwrite and exp.exists():
-            shutil.rmtree(exp)
-        if is_complete(exp / ".done") and not args.overwrite:
+    # every rank takes the same decision (the run directory is on a shared file system), so that
+    # no rank is left waiting in a collective when the others return
+    from pysv.train.distributed import barrier
+    if args.overwrite and info.is_main and exp.exists():
+        shutil.rmtree(exp)
+    barrier(info)
+    if is_complete(exp / ".done") and not args.overwrite:
+        if info.is_main:
             print(f"pysv.bin.train: {exp} is complete (.done exists); skipping. Use --overwrite to retrain.",
                   file=sys.stderr)
-            cleanup(info)
-            return 0
-        if any((exp / "checkpoints").glob("epoch_*.pt")) and not args.resume:
+        cleanup(info)
+        return 0
+    if any((exp / "checkpoints").glob("epoch_*.pt")) and not args.resume:
+        if info.is_main:
             print(f"pysv.bin.train: {exp} has checkpoints from an unfinished run; pass --resume to continue "
                   "it or --overwrite to start again", file=sys.stderr)
-            cleanup(info)
-            return 2
+        cleanup(info)
+        return 2
     setup_logging(str(exp / "train.log") if info.is_main else None,
                   level=logging.INFO if info.is_main else logging.WARNING)
     from pysv.train.trainer import NonFiniteLossError, Trainer
