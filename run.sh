@@ -101,7 +101,8 @@ if [[ $stage -le 2 && $stop_stage -ge 2 ]]; then
       "${launcher[@]}" "${args[@]}"
     fi
   done
-  python -m pysv.bin.plot_curves --exp-root "$exp" --out "$exp/valid_eer_curves.png" $system_list
+  # every system trained under $exp so far, not only this call's (the figure is the recipe's overview)
+  python -m pysv.bin.plot_curves --exp-root "$exp" --out "$exp/valid_eer_curves.png"
 fi
 
 if [[ $stage -le 3 && $stop_stage -ge 3 ]]; then

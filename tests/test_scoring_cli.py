@@ -223,13 +223,19 @@ def test_score_other_backends_and_results_table(recipe, capsys):
     assert run_score("asnorm", "--no-plot") == 1
     assert "--train-set" in capsys.readouterr().err
     (recipe["root"] / "exp/sys/num_params").write_text("4380000\n")
+    # the trainer's per-epoch record: epochs and summed training-step time go into the table
+    (recipe["root"] / "exp/sys/history.json").write_text(json.dumps(
+        [{"epoch": 1, "seconds": 50.0, "loss": 1.0}, {"epoch": 2, "seconds": 70.0, "loss": 0.9}]))
     assert results_table.main(["--exp-root", "exp", "--out", "RESULTS_table.md"]) == 0
     table = (recipe["root"] / "RESULTS_table.md").read_text()
     lines = table.strip().splitlines()
-    assert lines[0].startswith("| System | Params | Trials | Back-end | EER (%)")
+    assert lines[0].startswith("| System | Params | Epochs | Train time | Trials | Back-end | EER (%)")
     assert len(lines) == 2 + 4  # cosine_mean, asnorm, crops, plda
-    assert all("| sys | 4.38M | test |" in line for line in lines[2:])
-    assert [line.split("|")[4].strip() for line in lines[2:]] == ["cosine_mean", "asnorm", "crops", "plda"]
+    assert all("| sys | 4.38M | 2 | 2.0 min | test |" in line for line in lines[2:])
+    assert [line.split("|")[6].strip() for line in lines[2:]] == ["cosine_mean", "asnorm", "crops", "plda"]
+    (recipe["root"] / "exp/sys/history.json").unlink()  # no training record: dashes, not an error
+    assert results_table.main(["--exp-root", "exp"]) == 0
+    assert "| sys | 4.38M | - | - | test |" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("mod", ["backend", "score", "results_table"])

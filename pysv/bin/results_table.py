@@ -1,8 +1,10 @@
 """Collect the results of a recipe run into one markdown table (in the spirit of seeds 000/002 Table 2).
 
 Reads every exp/<system>/scores/*.metrics written by stage 5 (python -m pysv.bin.score) and, when
-present, exp/<system>/num_params (the encoder's parameter count, first token). One row per
-(system, trial list, back-end): system, params, trials, back-end, EER (%), minDCF at p=0.01 and
+present, exp/<system>/num_params (the encoder's parameter count, first token) and
+exp/<system>/history.json (the trainer's per-epoch record: number of epochs and the summed
+wall time of the training steps, per-epoch validation excluded). One row per (system, trial list,
+back-end): system, params, epochs, train time, trials, back-end, EER (%), minDCF at p=0.01 and
 p=0.05. Printed to stdout and, with --out, written atomically to a file.
 
 Example:
@@ -14,7 +16,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from pysv.utils.io import atomic_write
 
@@ -41,6 +43,29 @@ def read_num_params(system_dir: Path) -> Optional[int]:
         return None
 
 
+def read_training(system_dir: Path) -> Tuple[Optional[int], Optional[float]]:
+    """(epochs trained, summed training-step seconds) from history.json, or (None, None)."""
+    f = system_dir / "history.json"
+    if not f.is_file():
+        return None, None
+    try:
+        hist = json.loads(f.read_text())
+        return len(hist), float(sum(e.get("seconds", 0.0) for e in hist))
+    except (ValueError, TypeError, AttributeError):
+        print(f"warning: unreadable {f}; no epochs / training time for {system_dir.name}", file=sys.stderr)
+        return None, None
+
+
+def format_duration(sec: Optional[float]) -> str:
+    if sec is None:
+        return "-"
+    if sec < 60:
+        return f"{sec:.0f} s"
+    if sec < 3600:
+        return f"{sec / 60:.1f} min"
+    return f"{sec / 3600:.2f} h"
+
+
 def collect(exp_root: Path) -> List[dict]:
     rows = []
     for mfile in sorted(exp_root.glob("*/scores/*.metrics")):
@@ -50,9 +75,12 @@ def collect(exp_root: Path) -> List[dict]:
             print(f"warning: skipping unreadable {mfile}", file=sys.stderr)
             continue
         system_dir = mfile.parent.parent
+        epochs, train_seconds = read_training(system_dir)
         rows.append({
             "system": system_dir.name,
             "params": read_num_params(system_dir),
+            "epochs": epochs,
+            "train_seconds": train_seconds,
             "trials": m.get("trials_name", mfile.stem),
             "backend": m.get("backend", "?"),
             "eer": m.get("eer"),
@@ -67,13 +95,15 @@ def collect(exp_root: Path) -> List[dict]:
 
 def to_markdown(rows: List[dict]) -> str:
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
-    lines = ["| System | Params | Trials | Back-end | EER (%) | minDCF (p=0.01) | minDCF (p=0.05) |",
-             "| --- | ---: | --- | --- | ---: | ---: | ---: |"]
+    lines = ["| System | Params | Epochs | Train time | Trials | Back-end | EER (%) | minDCF (p=0.01) "
+             "| minDCF (p=0.05) |",
+             "| --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: |"]
     for r in rows:
         trials = r["trials"]
         if r["num_skipped"]:
             trials += f" ({r['num_skipped']} skipped)"
-        lines.append(f"| {r['system']} | {format_params(r['params'])} | {trials} | {r['backend']} | "
+        lines.append(f"| {r['system']} | {format_params(r['params'])} | {fmt(r['epochs'], 'd')} | "
+                     f"{format_duration(r['train_seconds'])} | {trials} | {r['backend']} | "
                      f"{fmt(r['eer'], '.3f')} | {fmt(r['dcf01'], '.4f')} | {fmt(r['dcf05'], '.4f')} |")
     return "\n".join(lines) + "\n"
 
