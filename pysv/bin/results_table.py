@@ -68,6 +68,7 @@ def format_duration(sec: Optional[float]) -> str:
 
 def collect(exp_root: Path) -> List[dict]:
     rows = []
+    systems = {}  # system dir -> (params, epochs, train seconds), read once per system, not per metrics file
     for mfile in sorted(exp_root.glob("*/scores/*.metrics")):
         try:
             m = json.loads(mfile.read_text())
@@ -75,10 +76,12 @@ def collect(exp_root: Path) -> List[dict]:
             print(f"warning: skipping unreadable {mfile}", file=sys.stderr)
             continue
         system_dir = mfile.parent.parent
-        epochs, train_seconds = read_training(system_dir)
+        if system_dir not in systems:
+            systems[system_dir] = (read_num_params(system_dir), *read_training(system_dir))
+        params, epochs, train_seconds = systems[system_dir]
         rows.append({
             "system": system_dir.name,
-            "params": read_num_params(system_dir),
+            "params": params,
             "epochs": epochs,
             "train_seconds": train_seconds,
             "trials": m.get("trials_name", mfile.stem),
