@@ -30,7 +30,7 @@ def _one_thread():
 VARIANTS = (
     [("thin_resnet34", {}), ("thin_resnet34", {"pooling": "tap", "feat_dim": 16}),
      ("thin_resnet34", {"pooling": "asp", "feat_dim": 16}),
-     ("thin_resnet34", {"se": False, "last_stride": 2, "instance_norm": True, "feat_dim": 16}),
+     ("thin_resnet34", {"se": False, "last_stride": 2, "input_norm": "instance", "feat_dim": 16}),
      ("xvector", {}), ("xvector", {"pad_input": True}), ("xvector", {"feat_dim": 90}),
      ("saep", {}), ("saep", {"d_k": 128}), ("saep", {"d_k": 64, "d_ff": 1024}),
      ("saep", {"pos_encoding": "sinusoidal"})]
@@ -174,7 +174,7 @@ def test_long_input_at_inference():
 # ------------------------------------------------------------------------------------------------
 # batch invariance (eval mode)
 # ------------------------------------------------------------------------------------------------
-INVARIANCE = [("thin_resnet34", {}), ("thin_resnet34", {"pooling": "asp", "instance_norm": True}),
+INVARIANCE = [("thin_resnet34", {}), ("thin_resnet34", {"input_norm": "none"}), ("thin_resnet34", {"pooling": "asp", "input_norm": "mean"}),
               ("xvector", {}), ("xvector", {"pad_input": True}), ("saep", {}),
               ("mla_resnet34", {}), ("mla_resnet34", {"encoding": "mla_gap"}),
               ("rawnet2", {}), ("rawnet2", {"first_layer": "conv", "fms": "mul_add_sep",

@@ -24,7 +24,10 @@ from .pooling import (AttentiveStatisticsPooling, SelfAttentivePooling, Temporal
                       check_lengths, lengths_to_mask, mask_time)
 from .resnet_blocks import check_stages, init_resnet_weights, make_stage
 
-__all__ = ["ThinResNet34"]
+__all__ = ["ThinResNet34", "INPUT_NORMS", "normalize_over_time"]
+
+#: per-utterance input normalisation choices of the Thin-ResNet34 (hparam ``input_norm``)
+INPUT_NORMS = ("none", "mean", "instance")
 
 
 class ThinResNet34(nn.Module):
@@ -38,9 +41,11 @@ class ThinResNet34(nn.Module):
       se (True): squeeze-and-excitation in every block, as voxceleb_trainer's ResNetSE34L.
       se_reduction (8): SE bottleneck ratio.
       last_stride (1): stride of layer4 (voxceleb_trainer uses 1; 2 halves time once more).
-      instance_norm (False): per-utterance mean/variance normalization of each mel bin over the
-        valid frames (voxceleb_trainer does this inside the model; leave False when the features
-        are already CMVN-normalized).
+      input_norm ('instance'): per-utterance normalisation of each mel bin over the valid frames
+        (padded rows excluded) before the first convolution: 'instance' = mean and variance, as
+        voxceleb_trainer's ResNetSE34L (``InstanceNorm1d`` on the log-mel input, the seeds' code);
+        'mean' = mean only (CMN, the lighter alternative; also gain-invariant); 'none' = raw log
+        energies (only for features that are already CMVN-normalised).
     """
 
     input_kind = "features"
@@ -48,13 +53,15 @@ class ThinResNet34(nn.Module):
     def __init__(self, feat_dim: int = 40, embed_dim: int = 512, pooling: str = "sap",
                  channels: Sequence[int] = (16, 32, 64, 128), layers: Sequence[int] = (3, 4, 6, 3),
                  se: bool = True, se_reduction: int = 8, last_stride: int = 1,
-                 instance_norm: bool = False):
+                 input_norm: str = "instance"):
         super().__init__()
         channels, layers = check_stages(channels, layers)
         if pooling not in ("sap", "tap", "asp"):
             raise ValueError(f"pooling must be 'sap', 'tap' or 'asp', got {pooling!r}")
         if last_stride not in (1, 2):
             raise ValueError(f"last_stride must be 1 or 2, got {last_stride!r}")
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"input_norm must be one of {', '.join(INPUT_NORMS)}, got {input_norm!r}")
         if feat_dim < 8:
             raise ValueError(f"feat_dim must be >= 8, got {feat_dim}")
         if embed_dim < 1:
@@ -63,8 +70,8 @@ class ThinResNet34(nn.Module):
         self.hparams = dict(feat_dim=feat_dim, embed_dim=embed_dim, pooling=pooling,
                             channels=list(channels), layers=list(layers), se=se,
                             se_reduction=se_reduction, last_stride=last_stride,
-                            instance_norm=instance_norm)
-        self.instance_norm = bool(instance_norm)
+                            input_norm=input_norm)
+        self.input_norm = input_norm
 
         self.conv1 = nn.Conv2d(1, channels[0], 7, stride=(2, 1), padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(channels[0])
@@ -95,8 +102,8 @@ class ThinResNet34(nn.Module):
         if x.dim() != 3 or x.shape[2] != self.feat_dim:
             raise ValueError(f"expected features [batch, frames, {self.feat_dim}], got {tuple(x.shape)}")
         lengths = check_lengths(lengths, x.shape[0], x.shape[1], x.device)
-        if self.instance_norm:
-            x = _instance_norm(x, lengths)
+        if self.input_norm != "none":
+            x = normalize_over_time(x, lengths, variance=self.input_norm == "instance")
         x = x.transpose(1, 2).unsqueeze(1)  # [B, 1, F, T]
         x = self.relu(self.bn1(self.conv1(mask_time(x, lengths))))
         for b in self.blocks:
@@ -105,14 +112,21 @@ class ThinResNet34(nn.Module):
         return self.fc(self.pool(x, lengths))
 
 
-def _instance_norm(x: torch.Tensor, lengths: Optional[torch.Tensor], eps: float = 1e-5):
-    """Normalize each feature dim of ``[B, T, F]`` to zero mean / unit variance over valid frames."""
+def normalize_over_time(x: torch.Tensor, lengths: Optional[torch.Tensor], variance: bool = True,
+                        eps: float = 1e-5) -> torch.Tensor:
+    """Each feature dim of ``[B, T, F]`` to zero mean (and, with ``variance``, unit variance) over
+    the valid frames of its row, as ``InstanceNorm1d(F)`` without affine (``eps`` as torch's).
+    Padded frames take no part in the statistics (they come out as garbage the encoder masks)."""
     if lengths is None:
         mu = x.mean(1, keepdim=True)
+        if not variance:
+            return x - mu
         var = x.var(1, unbiased=False, keepdim=True)
     else:
         m = lengths_to_mask(lengths, x.shape[1]).unsqueeze(-1).to(x.dtype)
-        n = lengths.float().view(-1, 1, 1)
+        n = lengths.to(x.dtype).view(-1, 1, 1)
         mu = (x * m).sum(1, keepdim=True) / n
+        if not variance:
+            return x - mu
         var = ((x - mu).pow(2) * m).sum(1, keepdim=True) / n
     return (x - mu) / torch.sqrt(var + eps)
