@@ -34,9 +34,9 @@ systems=default           # default | paper | all | list of conf/<system>.yaml n
 nj=2                      # parallel jobs for features and extraction
 ngpu=0                    # >1: torchrun with this many processes per node for training
 train_opts=               # extra key=value overrides for every training run
-backends="cosine plda"    # back-ends scored in stage 5 (cosine cosine_mean plda crops asnorm)
+backends="cosine plda"    # back-ends scored in stage 5 (cosine cosine_mean plda asnorm), plus the system's protocol back-end
 lda_dim=200               # LDA dimension for PLDA (capped at #train speakers - 1)
-extract_mode=full         # full | crops | tta
+extract_mode=             # test protocol: full | crops | tta (default: each system's extract.mode)
 exp=exp                   # experiment root: exp/<system>/
 
 . ./utils/parse_options.sh
@@ -105,12 +105,25 @@ if [[ $stage -le 2 && $stop_stage -ge 2 ]]; then
   python -m pysv.bin.plot_curves --exp-root "$exp" --out "$exp/valid_eer_curves.png"
 fi
 
+# The test protocol of a system: --extract-mode, else extract.mode of its resolved config.
+protocol() {
+  if [[ -n $extract_mode ]]; then echo "$extract_mode"
+  elif [[ -f $exp/$1/config.yaml ]]; then python -m pysv.bin.systems get "$exp/$1/config.yaml" extract.mode
+  else python -m pysv.bin.systems get "$1" extract.mode; fi
+}
+
 if [[ $stage -le 3 && $stop_stage -ge 3 ]]; then
   log "stage 3: embedding extraction"
   for sys in $system_list; do
+    # full-utterance embeddings of both sets (cosine, PLDA, AS-norm) ...
     for set in $train_set $test_set; do
-      steps/extract_embeddings.sh --nj "$nj" --cmd "$cpu_cmd" --mode "$extract_mode" "$exp/$sys" "data/$set"
+      steps/extract_embeddings.sh --nj "$nj" --cmd "$cpu_cmd" --mode full "$exp/$sys" "data/$set"
     done
+    # ... and the test set under the system's own protocol (crops: seeds 000/002, tta: RawNet2)
+    mode=$(protocol "$sys")
+    if [[ $mode != full ]]; then
+      steps/extract_embeddings.sh --nj "$nj" --cmd "$cpu_cmd" --mode "$mode" "$exp/$sys" "data/$test_set"
+    fi
   done
 fi
 
@@ -128,8 +141,11 @@ fi
 if [[ $stage -le 5 && $stop_stage -ge 5 ]]; then
   log "stage 5: scoring"
   for sys in $system_list; do
+    mode=$(protocol "$sys")
+    sys_backends=$backends
+    [[ $mode != full && " $backends " != *" $mode "* ]] && sys_backends="$backends $mode"
     for trials in $trial_lists; do
-      for backend in $backends; do
+      for backend in $sys_backends; do
         python -m pysv.bin.score --exp "$exp/$sys" --trials "data/$test_set/$trials" --test-set "$test_set" \
           --train-set "$train_set" --backend "$backend"
       done

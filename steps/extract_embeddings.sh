@@ -2,7 +2,8 @@
 # Extract speaker embeddings of a data set with a trained system, in --nj parallel parts.
 #   steps/extract_embeddings.sh [--nj 2] [--cmd "$cpu_cmd"] [--mode full|crops|tta] exp/<system> data/<set>
 # Leaves exp/<system>/embeddings/<set>/{xvector,spk_xvector}.{ark,scp} and num_utts.ark
-# (or xvector_crops.{ark,scp} with --mode crops). Skips a set whose embeddings are complete.
+# (xvector_crops.{ark,scp} with --mode crops, xvector_tta.{ark,scp} with --mode tta; crop length,
+# number of crops and overlap from the system's extract: block). Skips a set whose embeddings are complete.
 set -euo pipefail
 [[ -f path.sh ]] && . ./path.sh  # the project's venv, as Kaldi's steps scripts do
 nj=2
@@ -15,7 +16,11 @@ if [[ $# -ne 2 ]]; then
 fi
 exp=$1; data=$2
 set_name=$(basename "$data")
-name=xvector; [[ $mode == crops ]] && name=xvector_crops
+case $mode in
+  full) name=xvector ;;
+  crops|tta) name=xvector_$mode ;;
+  *) echo "$0: unknown --mode '$mode' (full|crops|tta)" >&2; exit 1 ;;
+esac
 out=$exp/embeddings/$set_name
 [[ -f $exp/final.pt ]] || { echo "$0: missing $exp/final.pt (train the system first: stage 2)" >&2; exit 1; }
 [[ -f $data/utt2spk ]] || { echo "$0: missing $data/utt2spk (stage 0)" >&2; exit 1; }

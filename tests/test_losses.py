@@ -149,6 +149,63 @@ def test_triplet_value(mining):
     assert m.last_accuracy is None
 
 
+def _triplet_positive_parts(xs, labels):
+    """(d_ap, [(negative class, d_an)]) per class, negatives = the other classes' positives."""
+    xs = np.stack([unit(v) for v in xs])
+    first = {c: [i for i, y in enumerate(labels) if y == c] for c in sorted(set(labels))}
+    out = []
+    for c, idx in first.items():
+        a, p = xs[idx[0]], xs[idx[1]]
+        negs = [(k, np.sum((a - xs[first[k][1]]) ** 2)) for k in first if k != c]
+        out.append((np.sum((a - p) ** 2), negs))
+    return out
+
+
+def test_triplet_positives_as_negatives_hardest():
+    margin = 0.5
+    m = build("triplet", margin=margin, negatives="positives")
+    x, y = batch()
+    total = [max(0.0, d_ap - min(d for _, d in negs) + margin)
+             for d_ap, negs in _triplet_positive_parts(x.numpy(), LABELS)]
+    assert m(x, y).item() == pytest.approx(np.mean(total), rel=1e-10)
+
+
+def test_triplet_rank_mining_with_fixed_rng():
+    # hard_rank=1, hard_prob=0.5: per anchor, with probability 0.5 one of the 2 closest negatives
+    # (uniformly), else a uniformly random negative. Replay the documented draw order with the same
+    # seed: rand(K) < hard_prob, randint(0, hard_rank + 1, (K,)), multinomial over the candidates.
+    margin = 2.0
+    m = build("triplet", margin=margin, negatives="positives", hard_rank=1, hard_prob=0.5)
+    x, y = batch()
+    parts = _triplet_positive_parts(x.numpy(), LABELS)
+    k = len(parts)
+    for seed in range(6):
+        torch.manual_seed(seed)
+        hard = (torch.rand(k) < 0.5).tolist()
+        rank = torch.randint(0, 2, (k,)).tolist()
+        cand = torch.tensor([[float(c != cls) for c in sorted(set(LABELS))] for cls in sorted(set(LABELS))])
+        rand_pick = torch.multinomial(cand, 1).squeeze(1).tolist()
+        expected = []
+        for i, (d_ap, negs) in enumerate(parts):
+            by_dist = sorted(negs, key=lambda kv: kv[1])
+            if hard[i]:
+                d_n = by_dist[min(rank[i], len(by_dist) - 1)][1]
+            else:
+                d_n = dict(negs)[sorted(set(LABELS))[rand_pick[i]]]
+            expected.append(max(0.0, d_ap - d_n + margin))
+        torch.manual_seed(seed)
+        assert m(x, y).item() == pytest.approx(np.mean(expected), rel=1e-10), seed
+    # hard_rank=0, hard_prob=1 is deterministic hardest mining, no RNG used
+    det = build("triplet", margin=margin, negatives="positives")
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    v = det(x, y).item()
+    assert torch.equal(state, torch.get_rng_state())
+    assert v == pytest.approx(np.mean([d_ap - min(d for _, d in negs) + margin for d_ap, negs in parts]))
+    with pytest.raises(ValueError, match="hard_rank / hard_prob apply to mining='hardest'"):
+        L.build("triplet", D, None, mining="random", hard_rank=3)
+
+
 def test_triplet_random_is_seeded_and_a_valid_choice():
     margin = 2.0  # every triplet active: the loss is linear in the chosen distances
     m = build("triplet", margin=margin, mining="random")
@@ -195,27 +252,42 @@ def test_angleproto_value():
     assert m(x, y).item() == pytest.approx(total / len(classes), rel=1e-10)
 
 
-def test_ge2e_value():
-    m = build("ge2e", init_w=7.0, init_b=-3.0)
+@pytest.mark.parametrize("normalize,min_cosine", [(True, None), (False, None), (False, 1e-6), (True, 0.2)])
+def test_ge2e_value(normalize, min_cosine):
+    m = build("ge2e", init_w=7.0, init_b=-3.0, normalize=normalize, min_cosine=min_cosine)
     x, y = batch()
-    xs = np.stack([unit(v) for v in x.numpy()])
+    xs = np.stack([unit(v) for v in x.numpy()]) if normalize else x.numpy()
     classes = sorted(set(LABELS))
-    total = 0.0
+    total, clamped = 0.0, 0
     for i, t in enumerate(LABELS):
         logits = []
         for k in classes:
             members = [j for j, yy in enumerate(LABELS) if yy == k and not (k == t and j == i)]
             c = np.mean(xs[members], axis=0)  # own centroid without the utterance itself
-            logits.append(7.0 * (xs[i] @ unit(c)) - 3.0)
+            cos = unit(xs[i]) @ unit(c)
+            if min_cosine is not None and cos < min_cosine:  # voxceleb_trainer's torch.clamp(cos, 1e-6)
+                cos, clamped = min_cosine, clamped + 1
+            logits.append(7.0 * cos - 3.0)
         total += ce(np.array(logits), classes.index(t))
     assert m(x, y).item() == pytest.approx(total / len(LABELS), rel=1e-10)
+    if min_cosine is not None:
+        assert clamped > 0  # the batch exercises the clamp
 
 
-@pytest.mark.parametrize("squared", [False, True])
-def test_proxy_nca_value(squared):
-    m = build("proxy_nca", squared=squared)
+def test_ge2e_raw_centroids_differ_from_normalised():
     x, y = batch()
-    P = np.stack([unit(p) for p in m.weight.detach().numpy()])
+    x = x * torch.linspace(0.2, 5.0, len(LABELS), dtype=x.dtype).unsqueeze(1)  # unequal norms
+    a = build("ge2e", normalize=True)(x, y).item()
+    b = build("ge2e", normalize=False)(x, y).item()
+    assert abs(a - b) > 1e-6
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+@pytest.mark.parametrize("squared", [False, True])
+def test_proxy_nca_value(squared, scale):
+    m = build("proxy_nca", squared=squared, scale=scale)
+    x, y = batch()
+    P = np.stack([scale * unit(p) for p in m.weight.detach().numpy()])
     total = 0.0
     for i, t in enumerate(LABELS):
         xi = unit(x.numpy()[i])
@@ -225,6 +297,26 @@ def test_proxy_nca_value(squared):
         # seed 002 eq. (2): exp(-d(x, p_y)) / sum_{k != y} exp(-d(x, p_k))
         total += d[t] + lse([-d[k] for k in range(NUM_CLASSES) if k != t])
     assert m(x, y).item() == pytest.approx(total / len(LABELS), rel=1e-10)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_proxy_nca_seeds_code_form(eps):
+    # dichotomies/proxy-nca: P = 3 * unit(p), X = unit(x), D = ||X - P||^2,
+    # loss = sum_k -T_k log softmax(-D)_k with T = 1 - eps on the own class, eps / (C - 1) elsewhere
+    m = build("proxy_nca", scale=3.0, squared=True, label_smoothing=eps)
+    x, y = batch()
+    P = np.stack([3.0 * unit(p) for p in m.weight.detach().numpy()])
+    total = 0.0
+    for i, t in enumerate(LABELS):
+        xi = unit(x.numpy()[i])
+        d = np.array([np.sum((xi - P[k]) ** 2) for k in range(NUM_CLASSES)])
+        log_sm = -d - lse(-d)
+        target = np.full(NUM_CLASSES, eps / (NUM_CLASSES - 1))
+        target[t] = 1.0 - eps
+        total += -(target * log_sm).sum()
+    assert m(x, y).item() == pytest.approx(total / len(LABELS), rel=1e-10)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        L.build("proxy_nca", D, NUM_CLASSES, label_smoothing=1.0)
 
 
 def test_proxy_anchor_value():
@@ -245,10 +337,13 @@ def test_proxy_anchor_value():
     assert m(x, y).item() == pytest.approx(pos + neg, rel=1e-10)
 
 
-def _mp_reference(m, x, multinomial, w, b, lam):
-    """Seed 002 eqs. (4)-(13) in loops (positive included in the softmax denominators)."""
+def _mp_reference(m, x, multinomial, w, b, lam, normalize_centroids=False):
+    """Seed 002 eqs. (4)-(13) in loops (positive included in the softmax denominators);
+    ``normalize_centroids``: centroids re-normalised to unit length (the authors' MMP code)."""
     P = np.stack([unit(p) for p in m.weight.detach().numpy()])
     qc = queries_centroids(x.numpy(), LABELS, normalize=True)
+    if normalize_centroids:
+        qc = {c: (q, unit(cen)) for c, (q, cen) in qc.items()}
     in_batch = sorted(qc)
     out = [k for k in range(NUM_CLASSES) if k not in in_batch]
 
@@ -271,14 +366,31 @@ def _mp_reference(m, x, multinomial, w, b, lam):
     return l1 + lam * l2
 
 
+@pytest.mark.parametrize("normalize_centroids", [False, True])
 @pytest.mark.parametrize("name", ["mp", "mmp"])
-def test_masked_proxy_value(name):
+def test_masked_proxy_value(name, normalize_centroids):
     w, b, lam = 7.0, -0.75, 0.3  # exactly representable in float32 (parameters start as float32)
-    m = build(name, init_w=w, init_b=b, reg_lambda=lam)
+    m = build(name, init_w=w, init_b=b, reg_lambda=lam, normalize_centroids=normalize_centroids)
     x, y = batch()
-    expected = _mp_reference(m, x, name == "mmp", w, b, lam)
+    expected = _mp_reference(m, x, name == "mmp", w, b, lam, normalize_centroids)
     assert m(x, y).item() == pytest.approx(expected, rel=1e-10)
     assert 0.0 <= m.last_accuracy.item() <= 1.0
+
+
+def test_mmp_renormalised_centroids_change_only_classes_with_three_samples():
+    # class 0 of LABELS has M = 3 samples: its centroid (mean of two unit vectors) is shorter than
+    # 1, so re-normalising changes the loss; with M = 2 everywhere it cannot.
+    assert L.build("mmp", D, NUM_CLASSES).normalize_centroids is True  # default: the authors' code
+    assert L.build("mp", D, NUM_CLASSES).normalize_centroids is False  # default: literal reading
+    x, y = batch()
+    a = build("mmp", normalize_centroids=True)(x, y).item()
+    b = build("mmp", normalize_centroids=False)(x, y).item()
+    assert abs(a - b) > 1e-6
+    keep = [i for i, t in enumerate(LABELS) if not (t == 0 and i == 4)]  # drop class 0's third sample
+    x2, y2 = x[keep], y[keep]
+    a2 = build("mmp", normalize_centroids=True)(x2, y2).item()
+    b2 = build("mmp", normalize_centroids=False)(x2, y2).item()
+    assert a2 == pytest.approx(b2, rel=1e-12)
 
 
 def test_mp_defaults_are_paper_init():

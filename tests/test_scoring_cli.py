@@ -40,6 +40,9 @@ def write_set(root: Path, name: str, n_spk: int, n_utt: int, seed: int, crops: b
         with kaldiio.WriteHelper(f"ark,scp:{emb_dir}/xvector_crops.ark,{emb_dir}/xvector_crops.scp") as w:
             for key, _ in utts:
                 w(key, (vecs[key] + 0.3 * rng.normal(size=(10, D))).astype(np.float32))
+        with kaldiio.WriteHelper(f"ark,scp:{emb_dir}/xvector_tta.ark,{emb_dir}/xvector_tta.scp") as w:
+            for key, _ in utts:
+                w(key, (vecs[key] + 0.3 * rng.normal(size=D)).astype(np.float32))
     (data_dir / "utt2spk").write_text("".join(f"{u} {s}\n" for u, s in utts))
     return utts, vecs
 
@@ -243,3 +246,19 @@ def test_help(mod):
     r = subprocess.run([sys.executable, "-m", f"pysv.bin.{mod}", "--help"], capture_output=True, text=True,
                        cwd=Path(__file__).resolve().parents[1])
     assert r.returncode == 0 and "usage" in r.stdout
+
+
+def test_tta_backend_is_cosine_of_the_tta_embeddings(recipe):
+    # the tta back-end scores xvector_tta.scp (averaged crops, RawNet2's protocol) by cosine, and
+    # leaves the full-utterance cosine scores of xvector.scp as they are
+    import kaldiio
+    assert run_score("tta", "--no-plot") == 0
+    assert run_score("cosine", "--no-plot") == 0
+    emb = recipe["root"] / "exp" / "sys" / "embeddings" / "test"
+    tta = {k: np.asarray(v, dtype=np.float64) for k, v in kaldiio.load_scp(str(emb / "xvector_tta.scp")).items()}
+    pairs, scores = read_scores(recipe["root"] / "exp" / "sys" / "scores" / "test_tta")
+    expected = [tta[a] @ tta[b] / np.linalg.norm(tta[a]) / np.linalg.norm(tta[b]) for a, b in pairs]
+    np.testing.assert_allclose(scores, expected, atol=2e-6)
+    _, full = read_scores(recipe["root"] / "exp" / "sys" / "scores" / "test_cosine")
+    assert not np.allclose(full, scores)
+    assert run_score("tta", "--enroll-level", "spk", "--no-plot") == 1

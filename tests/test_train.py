@@ -43,7 +43,8 @@ def encoder_state(exp):
 
 
 def test_train_smoke_and_extract(tiny_recipe, tmp_path):
-    exp, _ = run_train(tiny_recipe, tmp_path, "thin_resnet34_angleproto.yaml")
+    exp, _ = run_train(tiny_recipe, tmp_path, "thin_resnet34_angleproto.yaml", "extract.num_crops=3",
+                       "extract.crop=50")
     for name in ("config.yaml", "train.log", "final.pt", "history.json", "valid_eer.png", "num_params", ".done"):
         assert (exp / name).is_file(), name
     hist = json.loads((exp / "history.json").read_text())
@@ -75,10 +76,23 @@ def test_train_smoke_and_extract(tiny_recipe, tmp_path):
     spk = kaldiio.load_scp(str(exp / "embeddings" / test.name / "spk_xvector.scp"))
     counts = dict(l.split() for l in (exp / "embeddings" / test.name / "num_utts.ark").read_text().splitlines())
     assert sorted(spk) == sorted(counts) and sum(int(c) for c in counts.values()) == len(utts)
-    # crop mode keeps a [10, D] matrix per utterance
-    assert extract_bin.main(["--exp", str(exp), "--data", str(test), "--mode", "crops", "--crop-len", "50"]) == 0
-    crops = kaldiio.load_scp(str(exp / "embeddings" / test.name / "xvector_crops.scp"))
-    assert np.asarray(crops[utts[0]]).shape == (10, 512)
+    # crop mode keeps a [num_crops, D] matrix per utterance; crop length and count come from the
+    # system's extract: block (here extract.num_crops=3, extract.crop=50) unless given explicitly
+    emb_dir = exp / "embeddings" / test.name
+    full_ark = (emb_dir / "xvector.ark").read_bytes()
+    assert extract_bin.main(["--exp", str(exp), "--data", str(test), "--mode", "crops"]) == 0
+    crops = kaldiio.load_scp(str(emb_dir / "xvector_crops.scp"))
+    assert np.asarray(crops[utts[0]]).shape == (3, 512)
+    # tta is stored under its own name and leaves the full-utterance embeddings alone
+    assert extract_bin.main(["--exp", str(exp), "--data", str(test), "--mode", "tta"]) == 0
+    tta = kaldiio.load_scp(str(emb_dir / "xvector_tta.scp"))
+    assert sorted(tta) == utts and np.asarray(tta[utts[0]]).shape == (512,)
+    assert (emb_dir / "xvector.ark").read_bytes() == full_ark
+    assert not np.allclose(np.asarray(tta[utts[0]]), emb[utts[0]])
+    from pysv.bin.extract import resolve_protocol
+    cfg = load_config(str(exp / "config.yaml"))
+    assert resolve_protocol(cfg) == {"mode": "crops", "crop_len": 50, "num_crops": 3, "overlap": 0.2}
+    assert resolve_protocol(cfg, "tta", crop_len=70)["crop_len"] == 70
 
 
 def test_resume_equals_uninterrupted(tiny_recipe, tmp_path, monkeypatch):

@@ -4,10 +4,15 @@
     python -m pysv.bin.extract ... --job J --nj N     # one of N parallel parts (steps/extract_embeddings.sh)
     python -m pysv.bin.extract ... --merge --nj N     # join the parts
 
-Outputs in ``exp/<system>/embeddings/<set>/``: ``xvector.{ark,scp}`` (one 1-D float32 vector per
-utterance; for ``--mode tta`` the average over crops of the training length with 20 % overlap),
-``spk_xvector.{ark,scp}`` (speaker means), ``num_utts.ark`` (``spk count``); with ``--mode crops``
-``xvector_crops.{ark,scp}`` holds a ``[10, D]`` matrix per utterance instead. Feature systems read
+Outputs in ``exp/<system>/embeddings/<set>/``, one name per mode so that the protocols never
+overwrite each other:
+  full   ``xvector.{ark,scp}`` (one 1-D float32 vector per utterance), ``spk_xvector.{ark,scp}``
+         (speaker means), ``num_utts.ark`` (``spk count``) -- what cosine / PLDA / AS-norm score;
+  crops  ``xvector_crops.{ark,scp}``: a ``[num_crops, D]`` matrix per utterance (seed 000 §4.2);
+  tta    ``xvector_tta.{ark,scp}``: the mean over sliding crops with ``overlap`` (seed 004 §4.2).
+The defaults of ``--crop-len``, ``--num-crops`` and ``--overlap`` come from the system's
+``extract:`` block in ``exp/<system>/config.yaml`` (its ``mode`` is what run.sh extracts besides
+full). Feature systems read
 ``data/<set>_<feature>/feats.scp`` (stage 1), waveform systems ``data/<set>/wav.scp``.
 """
 from __future__ import annotations
@@ -25,7 +30,19 @@ log = logging.getLogger("pysv.extract")
 
 
 def out_name(mode: str) -> str:
-    return "xvector_crops" if mode == "crops" else "xvector"
+    """Base name of the embedding archive of ``mode`` (full: ``xvector``, else ``xvector_<mode>``)."""
+    return "xvector" if mode == "full" else f"xvector_{mode}"
+
+
+def resolve_protocol(cfg: dict, mode=None, crop_len=None, num_crops=None, overlap=None) -> dict:
+    """The test protocol: explicit arguments over the config's ``extract:`` block (crop null =
+    the training crop ``data.crop``); ``mode`` None = the config's mode."""
+    ex = cfg.get("extract") or {}
+    mode = ex.get("mode", "full") if mode is None else mode
+    return {"mode": mode,
+            "crop_len": int(crop_len or ex.get("crop") or cfg["data"]["crop"]),
+            "num_crops": int(num_crops or ex.get("num_crops", 10)),
+            "overlap": float(ex.get("overlap", 0.2) if overlap is None else overlap)}
 
 
 def split_utts(utts: List[str], nj: int, job: int) -> List[str]:
@@ -53,10 +70,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--exp", required=True, help="experiment dir with final.pt (stage 2)")
     p.add_argument("--data", required=True, help="Kaldi data dir of the set, e.g. data/mini_test")
-    p.add_argument("--mode", default="full", choices=["full", "crops", "tta"])
-    p.add_argument("--num-crops", type=int, default=10, help="crops per utterance in --mode crops")
-    p.add_argument("--crop-len", type=int, default=0, help="crop length (frames/samples); 0 = training crop")
-    p.add_argument("--overlap", type=float, default=0.2, help="crop overlap in --mode tta")
+    p.add_argument("--mode", default="full", choices=["full", "crops", "tta"],
+                   help="full (default), crops or tta; a system's own protocol is extract.mode in its config")
+    p.add_argument("--num-crops", type=int, default=0, help="crops per utterance in --mode crops (0 = config)")
+    p.add_argument("--crop-len", type=int, default=0,
+                   help="crop length (frames/samples); 0 = config extract.crop, else the training crop")
+    p.add_argument("--overlap", type=float, default=None, help="crop overlap in --mode tta (default: config)")
     p.add_argument("--job", type=int, default=0, help="1-based part index (with --nj)")
     p.add_argument("--nj", type=int, default=1)
     p.add_argument("--merge", action="store_true", help="merge the --nj parts")
@@ -99,10 +118,10 @@ def main(argv=None) -> int:
             if (split / f".done{part}").is_file():
                 log.info("part %d of %d complete; skipping", args.job, args.nj)
                 return 0
-        crop_len = args.crop_len or cfg["data"]["crop"]
-        emb = embed_utterances(model, reader, utts, device, mode=args.mode, crop_len=crop_len,
-                               num_crops=args.num_crops, overlap=args.overlap, progress=True,
-                               desc=f"{exp.name}:{set_name}")
+        proto = resolve_protocol(cfg, args.mode, args.crop_len, args.num_crops, args.overlap)
+        emb = embed_utterances(model, reader, utts, device, mode=args.mode, crop_len=proto["crop_len"],
+                               num_crops=proto["num_crops"], overlap=proto["overlap"], progress=True,
+                               desc=f"{exp.name}:{set_name}:{args.mode}")
         write_vectors(prefix, emb)
         if args.job:
             mark_complete(split / f".done{part}")

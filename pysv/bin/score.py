@@ -17,6 +17,8 @@ Back-ends:
                ivector-plda-scoring; fit with python -m pysv.bin.backend)
   crops        seed 000 §4.2: minus the mean of the 10×10 Euclidean distances between the crop
                embeddings of the two utterances (xvector_crops.scp)
+  tta          seed 004 §4.2: cosine similarity of the test-time-augmented embeddings (mean over
+               crops of the training length with 20 % overlap, xvector_tta.scp)
   asnorm       adaptive symmetric score normalization of cosine_mean scores with a cohort of
                <train-set> speaker embeddings (spk_xvector.scp, or speaker means via utt2spk)
 
@@ -41,7 +43,9 @@ from pysv.utils.io import DataError, atomic_write, read_table, read_trials
 
 log = logging.getLogger("pysv.bin.score")
 
-BACKENDS = ("cosine", "cosine_mean", "plda", "crops", "asnorm")
+BACKENDS = ("cosine", "cosine_mean", "plda", "crops", "tta", "asnorm")
+#: back-ends that score the embeddings of a test protocol other than full utterances (stage 3 mode)
+PROTOCOL_FILES = {"crops": "xvector_crops.scp", "tta": "xvector_tta.scp"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,11 +153,11 @@ def run(args: argparse.Namespace) -> int:
     det_path = out_dir / f"{name}_{args.backend}_det.png"
     enroll_set = args.enroll_set or args.test_set
     emb = exp / "embeddings"
-    test_file = "xvector_crops.scp" if args.backend == "crops" else "xvector.scp"
+    test_file = PROTOCOL_FILES.get(args.backend, "xvector.scp")
     t_scp = emb / args.test_set / test_file
     if args.enroll_level == "spk":
-        if args.backend == "crops":
-            raise DataError("--backend crops needs utterance-level enrollment (--enroll-level utt)")
+        if args.backend in PROTOCOL_FILES:
+            raise DataError(f"--backend {args.backend} needs utterance-level enrollment (--enroll-level utt)")
         e_scp = emb / enroll_set / "spk_xvector.scp"
     else:
         e_scp = emb / enroll_set / test_file
@@ -245,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
 
     preload()
     t0 = time.time()
-    if args.backend == "cosine":
+    if args.backend in ("cosine", "tta"):
         from pysv.backend import cosine_score_trials
 
         scores = cosine_score_trials(E_arg, T_arg, ei, ti)

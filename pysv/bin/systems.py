@@ -2,6 +2,7 @@
 
     python -m pysv.bin.systems list default|all|<name> ...     # system names, one per line
     python -m pysv.bin.systems get <system> data.feature       # a config value ('' for null)
+    python -m pysv.bin.systems get exp/<system>/config.yaml extract.mode   # ... of a run's resolved config
 """
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ def main(argv=None):
         print("\n".join(expand(args.names, args.conf_dir)))
         return 0
     from pysv.train.config import load_config
-    cfg = load_config(str(Path(args.conf_dir) / f"{args.system}.yaml"))
+    path = Path(args.system) if args.system.endswith(".yaml") else Path(args.conf_dir) / f"{args.system}.yaml"
+    cfg = load_config(str(path))
     node = cfg
     for k in args.key.split("."):
         node = node[k]

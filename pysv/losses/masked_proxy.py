@@ -4,9 +4,12 @@ eqs. (3)-(12) are the same with numbers shifted by one).
 Notation (seed 002): queries X_Q = the first occurrence of every class in the batch; ``c_L`` the
 centroid of class L = mean of the class's other samples (eq. (4)); proxies ``p_k`` = rows of
 ``weight``; L_M = classes present in the batch (their proxies are *masked* in the query term).
-Embeddings and proxies are L2-normalised; centroids are means of the normalised embeddings and are
-*not* re-normalised, so ``u^T c_L`` is the mean cosine similarity between ``u`` and the other
-samples of class L. Similarity eq. (6): ``s(u, v) = alpha (u^T v - beta) = w * u^T v + b``
+Embeddings and proxies are L2-normalised; centroids are means of the normalised embeddings.
+``normalize_centroids`` decides whether they are re-normalised to unit length: the paper is
+silent; the authors' MMP code re-normalises (``u^T c_L`` is then the cosine between ``u`` and the
+centroid), which changes classes with M >= 3 samples (with M = 2 the centroid is one unit vector
+already). Default: True for ``mmp`` (the authors' code), False for ``mp`` (the literal reading,
+``u^T c_L`` = the mean cosine similarity between ``u`` and the other samples of class L). Similarity eq. (6): ``s(u, v) = alpha (u^T v - beta) = w * u^T v + b``
 (``w = alpha``, ``b = -alpha beta``; paper init alpha=10, beta=0.1 -> init_w=10, init_b=-1).
 
 Interpretation choices (also in docs/losses.md):
@@ -55,8 +58,10 @@ class _MaskedProxyBase(LossBase):
         init_w: float = 10.0,
         init_b: float = -1.0,
         reg_lambda: float = 0.5,
+        normalize_centroids: bool = False,
     ):
         super().__init__(embed_dim, num_classes)
+        self.normalize_centroids = bool(normalize_centroids)
         if not init_w > 0:
             raise ValueError(f"loss '{self.loss_name}': init_w must be > 0, got {init_w}")
         if not reg_lambda >= 0:
@@ -75,10 +80,11 @@ class _MaskedProxyBase(LossBase):
         x = l2_normalize(x)
         proxies = l2_normalize(self.weight.to(x.dtype))
         qc = query_and_centroids(x, split)  # seed 002 eq. (4)
+        centroids = l2_normalize(qc.centroids) if self.normalize_centroids else qc.centroids
         classes = split.classes
-        s_qc = self.s(qc.queries @ qc.centroids.t())  # [K, K]  query i vs centroid j
+        s_qc = self.s(qc.queries @ centroids.t())  # [K, K]  query i vs centroid j
         s_qp = self.s(qc.queries @ proxies.t())  # [K, C]  query i vs every proxy
-        s_pc = self.s(proxies[classes] @ qc.centroids.t())  # [K, K]  masked proxy i vs centroid j
+        s_pc = self.s(proxies[classes] @ centroids.t())  # [K, K]  masked proxy i vs centroid j
         return classes, s_qc, s_qp, s_pc
 
     def regulator(self, s_pc: torch.Tensor) -> torch.Tensor:
@@ -93,7 +99,8 @@ class _MaskedProxyBase(LossBase):
         return s_qp.index_copy(1, classes, s_qc)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, reg_lambda={self.reg_lambda}"
+        return (f"{super().extra_repr()}, reg_lambda={self.reg_lambda}, "
+                f"normalize_centroids={self.normalize_centroids}")
 
 
 class MaskedProxy(_MaskedProxyBase):
@@ -120,6 +127,10 @@ class MultinomialMaskedProxy(_MaskedProxyBase):
     """
 
     loss_name = "mmp"
+
+    def __init__(self, embed_dim: int, num_classes: int, init_w: float = 10.0, init_b: float = -1.0,
+                 reg_lambda: float = 0.5, normalize_centroids: bool = True):
+        super().__init__(embed_dim, num_classes, init_w, init_b, reg_lambda, normalize_centroids)
 
     def compute(self, x, labels, split):
         classes, s_qc, s_qp, s_pc = self._similarities(x, split)

@@ -76,26 +76,42 @@ class AngularPrototypical(_LearnableScale):
 class GE2E(_LearnableScale):
     """Generalised end-to-end loss, softmax variant (Wan et al. 2018).
 
-    Embeddings are L2-normalised (as in Wan et al.); every utterance is compared with every class
-    centroid; its own class centroid is computed without the utterance itself, other centroids use
-    all of their class's samples. Logits ``w * cos + b``, cross-entropy averaged over utterances.
+    Every utterance is compared with every class centroid; its own class centroid is computed
+    without the utterance itself, other centroids use all of their class's samples. Logits
+    ``w * cos + b``, cross-entropy averaged over utterances.
+
+    ``normalize`` (True): L2-normalise the embeddings before the centroids are taken (Wan et al.,
+    and the seeds' code); False = centroids of the raw embeddings, as clovaai voxceleb_trainer's
+    ``loss/ge2e.py``. ``min_cosine`` (None): floor of the cosine similarities before scaling
+    (voxceleb_trainer clamps at 1e-6; None = no floor, Wan et al.).
     """
 
     loss_name = "ge2e"
     requirements = SamplingRequirements(2, True)
 
-    def __init__(self, embed_dim: int, num_classes=None, init_w: float = 10.0, init_b: float = -5.0):
+    def __init__(self, embed_dim: int, num_classes=None, init_w: float = 10.0, init_b: float = -5.0,
+                 normalize: bool = True, min_cosine=None):
         super().__init__(embed_dim, num_classes, init_w, init_b)
+        if min_cosine is not None and not -1.0 <= float(min_cosine) < 1.0:
+            raise ValueError(f"loss 'ge2e': min_cosine must be null or in [-1, 1), got {min_cosine}")
+        self.normalize = bool(normalize)
+        self.min_cosine = None if min_cosine is None else float(min_cosine)
 
     def compute(self, x, labels, split):
-        x = l2_normalize(x)
+        if self.normalize:
+            x = l2_normalize(x)
         sums = class_sums(x, split)  # [K, D]
         counts = split.counts.to(x.dtype)
         centroids = sums / counts.unsqueeze(1)
         cos = cosine_matrix(x, centroids)  # [N, K]
         own = (sums[split.inverse] - x) / (counts[split.inverse] - 1).unsqueeze(1)  # [N, D]
-        cos_own = (x * l2_normalize(own)).sum(dim=1)
+        cos_own = (l2_normalize(x) * l2_normalize(own)).sum(dim=1)
         target = split.inverse
         cos = cos.scatter(1, target.unsqueeze(1), cos_own.unsqueeze(1))
+        if self.min_cosine is not None:
+            cos = cos.clamp(min=self.min_cosine)
         logits = self.scaled(cos)
         return F.cross_entropy(logits, target), top1_accuracy(logits, target)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, normalize={self.normalize}, min_cosine={self.min_cosine}"

@@ -18,38 +18,58 @@ class ProxyNCA(LossBase):
 
         L = -1/N sum_i log( exp(-d(x_i, p_{y_i})) / sum_{k != y_i} exp(-d(x_i, p_k)) )
 
-    with ``d`` the Euclidean distance between unit vectors. Reading of eq. (2): its denominator
-    index ``j = 1..N, j != i`` runs over the *proxies of the other classes* (as in the original
-    Proxy-NCA, the own proxy is excluded); the ``N`` there is a typo for the number of classes.
-    ``scale`` multiplies the distances (1 = the seeds' equation); ``squared=True`` uses the squared
-    distance of the original Proxy-NCA paper instead of the seeds' plain distance.
+    with ``d`` the Euclidean distance between the unit-norm embedding ``x_i`` and the proxy
+    ``p_k`` normalised to norm ``scale``. Reading of eq. (2): its denominator index ``j = 1..N,
+    j != i`` runs over the *proxies of the other classes* (as in the original Proxy-NCA, the own
+    proxy is excluded); the ``N`` there is a typo for the number of classes.
+
+    hparams: ``scale`` (1): norm of the proxies (1 = the literal equation; 3 = ``scaling_p`` of the
+    Proxy-NCA code the seeds trained with, dichotomies/proxy-nca, embeddings kept at norm 1);
+    ``squared`` (False): squared Euclidean distance (the original Proxy-NCA paper and that code)
+    instead of the seeds' plain distance; ``label_smoothing`` (None): None = the literal equation
+    (own proxy excluded from the denominator); a number ``eps`` in [0, 1) = that code's form,
+    cross-entropy of ``softmax(-d)`` over *all* proxies against smoothed targets ``1 - eps`` (own
+    class) and ``eps / (C - 1)`` (every other class). The seeds' code form: ``scale=3,
+    squared=True, label_smoothing=0.1``.
     """
 
     loss_name = "proxy_nca"
     requirements = SamplingRequirements(1, False)
     owns_class_vectors = True
 
-    def __init__(self, embed_dim: int, num_classes: int, scale: float = 1.0, squared: bool = False):
+    def __init__(self, embed_dim: int, num_classes: int, scale: float = 1.0, squared: bool = False,
+                 label_smoothing=None):
         super().__init__(embed_dim, num_classes)
         if not scale > 0:
             raise ValueError(f"loss 'proxy_nca': scale must be > 0, got {scale}")
+        if label_smoothing is not None and not 0.0 <= float(label_smoothing) < 1.0:
+            raise ValueError(f"loss 'proxy_nca': label_smoothing must be null or in [0, 1), got {label_smoothing}")
         self.scale = float(scale)
         self.squared = bool(squared)
+        self.label_smoothing = None if label_smoothing is None else float(label_smoothing)
         self.weight = nn.Parameter(torch.randn(num_classes, embed_dim))
 
     def compute(self, x, labels, split):
         cos = cosine_matrix(x, self.weight.to(x.dtype))  # [N, C]
-        d2 = 2.0 - 2.0 * cos  # ||x - p||^2 for unit vectors
+        s = self.scale
+        d2 = 1.0 + s * s - 2.0 * s * cos  # ||x - s p||^2 for unit x, p
         dist = d2.clamp(min=0.0) if self.squared else d2.clamp(min=EPS).sqrt()
-        logits = -self.scale * dist
-        pos = logits.gather(1, labels.unsqueeze(1)).squeeze(1)
-        own = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, labels.unsqueeze(1), True)
-        neg_lse = torch.logsumexp(logits.masked_fill(own, float("-inf")), dim=1)  # seed 002 eq. (2)
-        loss = (neg_lse - pos).mean()
+        logits = -dist
+        if self.label_smoothing is None:  # seed 002 eq. (2): own proxy only in the numerator
+            pos = logits.gather(1, labels.unsqueeze(1)).squeeze(1)
+            own = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, labels.unsqueeze(1), True)
+            neg_lse = torch.logsumexp(logits.masked_fill(own, float("-inf")), dim=1)
+            loss = (neg_lse - pos).mean()
+        else:  # the seeds' code: softmax over all proxies, smoothed one-hot targets
+            eps = self.label_smoothing
+            target = torch.full_like(logits, eps / (self.num_classes - 1))
+            target.scatter_(1, labels.unsqueeze(1), 1.0 - eps)
+            loss = -(target * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
         return loss, top1_accuracy(logits, labels)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, scale={self.scale}, squared={self.squared}"
+        return (f"{super().extra_repr()}, scale={self.scale}, squared={self.squared}, "
+                f"label_smoothing={self.label_smoothing}")
 
 
 class ProxyAnchor(LossBase):

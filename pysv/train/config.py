@@ -67,6 +67,14 @@ DEFAULTS: Dict[str, Any] = {
         "find_unused_parameters": False,
         "keep_checkpoints": 0,        # 0 = keep all epoch checkpoints
     },
+    # the system's test protocol: stage 3 always writes full-utterance embeddings (cosine / PLDA)
+    # and, when mode is not full, the protocol's embeddings of the test set as well
+    "extract": {
+        "mode": "full",               # full | crops (num_crops evenly spaced, distance back-end) | tta (averaged sliding crops)
+        "crop": None,                 # crop length for crops / tta, frames or samples; null = data.crop
+        "num_crops": 10,              # crops per utterance (mode crops)
+        "overlap": 0.2,               # overlap of consecutive crops (mode tta)
+    },
 }
 
 OPTIONAL_TYPES: Dict[str, tuple] = {
@@ -78,7 +86,11 @@ OPTIONAL_TYPES: Dict[str, tuple] = {
     "sampler.max_utts_per_spk": (int,),
     "train.grad_clip": (float, int),
     "train.embed_norm_scale": (float, int),
+    "extract.crop": (int,),
 }
+
+#: test protocols of the ``extract`` block (pysv.embed.MODES)
+EXTRACT_MODES = ("full", "crops", "tta")
 
 
 class ConfigError(ValueError):
@@ -181,6 +193,7 @@ def check_values(cfg: Dict[str, Any]) -> None:
         "sampler.kind": ("shuffle", "balanced", "mp_random"),
         "optim.name": ("sgd", "adam", "amsgrad"),
         "scheduler.name": ("plateau", "step", "none"),
+        "extract.mode": EXTRACT_MODES,
     }
     flat = _flatten(cfg)
     for key, allowed in choices.items():
@@ -190,6 +203,12 @@ def check_values(cfg: Dict[str, Any]) -> None:
     for key in positive:
         if flat[key] <= 0:
             raise ConfigError(f"config key '{key}' must be positive, got {flat[key]!r}")
+    if flat["extract.crop"] is not None and flat["extract.crop"] <= 0:
+        raise ConfigError(f"config key 'extract.crop' must be positive or null, got {flat['extract.crop']!r}")
+    if flat["extract.num_crops"] <= 0:
+        raise ConfigError(f"config key 'extract.num_crops' must be positive, got {flat['extract.num_crops']!r}")
+    if not 0.0 <= flat["extract.overlap"] < 1.0:
+        raise ConfigError(f"config key 'extract.overlap' must be in [0, 1), got {flat['extract.overlap']!r}")
     if flat["data.num_workers"] < 0:
         raise ConfigError("config key 'data.num_workers' must be >= 0")
     if flat["data.feature"] is not None and flat["data.feature"] not in ("fbank40", "fbank64", "mfcc30") \
