@@ -10,14 +10,17 @@ name            family                                    hparams (defaults)
 softmax         linear + bias + cross-entropy             --
 amsoftmax       CosFace / AM-softmax                      scale=30, margin=0.4
 aamsoftmax      ArcFace / AAM-softmax                     scale=30, margin=0.2, easy_margin=False
-triplet         triplet, in-batch mining                  margin=0.1, mining='hardest'
+triplet         triplet, in-batch mining                  margin=0.1, mining='hardest', negatives='all',
+                                                          hard_rank=0, hard_prob=1.0
 proto           prototypical (-squared Euclidean)         --
 angleproto      angular prototypical                      init_w=10, init_b=-5
-ge2e            generalised end-to-end (softmax)          init_w=10, init_b=-5
-proxy_nca       Proxy-NCA                                 scale=1, squared=False
+ge2e            generalised end-to-end (softmax)          init_w=10, init_b=-5, normalize=True, min_cosine=None
+proxy_nca       Proxy-NCA                                 scale=1, squared=False, label_smoothing=None
 proxy_anchor    Proxy-Anchor                              scale=50, margin=0.15
-mp              Masked Proxy                              init_w=10, init_b=-1, reg_lambda=0.5
-mmp             Multinomial Masked Proxy                  init_w=10, init_b=-1, reg_lambda=0.5
+mp              Masked Proxy                              init_w=10, init_b=-1, reg_lambda=0.5,
+                                                          normalize_centroids=False
+mmp             Multinomial Masked Proxy                  init_w=10, init_b=-1, reg_lambda=0.5,
+                                                          normalize_centroids=True
 ==============  =======================================  =========================================
 """
 from __future__ import annotations
