@@ -41,6 +41,10 @@ exp=exp                   # experiment root: exp/<system>/
 
 . ./utils/parse_options.sh
 
+if [[ -n $name && ! $name =~ ^[A-Za-z0-9._-]+$ ]]; then
+  echo "run.sh: --name '$name': set names may only hold letters, digits, '.', '_' and '-'" >&2; exit 1
+fi
+
 steps/bootstrap.sh
 . ./path.sh
 . ./cmd.sh

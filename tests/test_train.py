@@ -39,7 +39,7 @@ def run_train(tiny, tmp, config, *extra, exp_name="exp", check=True):
 
 
 def encoder_state(exp):
-    return torch.load(Path(exp) / "final.pt", map_location="cpu", weights_only=False)["model"]
+    return torch.load(Path(exp) / "final.pt", map_location="cpu", weights_only=True)["model"]
 
 
 def test_train_smoke_and_extract(tiny_recipe, tmp_path):
@@ -115,10 +115,15 @@ def test_resume_equals_uninterrupted(tiny_recipe, tmp_path, monkeypatch):
     assert [p.name for p in (killed / "checkpoints").glob("*.pt")] == ["epoch_001.pt"]
     assert not (killed / "final.pt").exists()
     monkeypatch.setattr(Trainer, "train_epoch", original)
+    # a damaged newest checkpoint (here: epoch 2 cut short) is skipped with a message naming it
+    (killed / "checkpoints" / "epoch_002.pt").write_bytes(b"PK\x03\x04 cut short")
     # without --resume an unfinished run is refused, with it the run completes
     assert train_bin.main(["--config", str(REPO / "conf" / cfgname), "--exp-dir", str(killed),
                            *overrides(tiny_recipe, *extra)]) == 2
     run_train(tiny_recipe, tmp_path, cfgname, *extra, exp_name="killed")
+    log_text = (killed / "train.log").read_text()
+    assert "epoch_002.pt: cannot read checkpoint" in log_text and "falling back to epoch_001.pt" in log_text
+    assert "resumed from" in log_text and "epoch_001.pt (epoch 1 done)" in log_text
     a, b = encoder_state(full), encoder_state(killed)
     for name in a:
         assert torch.equal(a[name], b[name]), name
@@ -240,3 +245,23 @@ def test_every_encoder_family_trains(tiny_recipe, tmp_path, system, extra):
     cfg = load_config(str(exp / "config.yaml"))
     if "AUGMENT" in " ".join(extra) or any("augment" in e for e in extra):
         assert cfg["data"]["augment"]["prob"] == 1.0
+
+
+def test_stage3_with_a_hostile_exp_path_runs_nothing_from_it(tiny_recipe, tmp_path):
+    # run.sh --exp 'a b;touch X' reaches stage 3 as this path: it must be used literally
+    from pysv import models
+    from pysv.train import checkpoint
+    cfg = load_config(str(REPO / "conf" / "thin_resnet34_angleproto.yaml"), ["model.hparams.embed_dim=16"])
+    torch.manual_seed(0)
+    model = models.build(cfg["model"]["name"], **cfg["model"]["hparams"])
+    exp = tmp_path / "a b;touch X;$(touch Y)" / "thin_resnet34_angleproto"
+    exp.mkdir(parents=True)
+    checkpoint.save({"model": model.state_dict(), "config": checkpoint.config_to_text(cfg)}, exp / "final.pt")
+    r = subprocess.run(["steps/extract_embeddings.sh", "--nj", "2", str(exp), str(tiny_recipe["test"])],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr + r.stdout
+    import kaldiio
+    emb = kaldiio.load_scp(str(exp / "embeddings" / tiny_recipe["test"].name / "xvector.scp"))
+    assert len(emb) == len((tiny_recipe["test"] / "utt2spk").read_text().splitlines())
+    for f in ("X", "Y"):
+        assert not (REPO / f).exists() and not (tmp_path / f).exists()

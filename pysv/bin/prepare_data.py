@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from typing import List, Optional
 
@@ -33,6 +34,18 @@ Inputs are validated before anything is written: bad input stops with an error n
 utterance / speaker and leaves no output.
 """
 
+
+
+SET_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def set_name(text: str) -> str:
+    """argparse type of --name: set names become directory names and shell words, so only
+    letters, digits, '.', '_' and '-' are accepted."""
+    if not SET_NAME.match(text) or text in (".", ".."):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: set names may only hold letters, digits, '.', '_' and '-'")
+    return text
 
 def _csv(s: str) -> List[str]:
     return [x for x in (t.strip() for t in s.split(",")) if x]
@@ -82,7 +95,7 @@ def _augment_parser(sub, corpus: str, group: str, dir_help: str, select: str, se
     g = p.add_argument_group(group)
     g.add_argument(f"--{corpus}-dir", required=True, help=dir_help)
     g.add_argument(select, type=_csv, default=None, help=select_help)
-    g.add_argument("--name", default=corpus, help=f"set / manifest name (default: {corpus})")
+    g.add_argument("--name", default=corpus, type=set_name, help=f"set / manifest name (default: {corpus})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("mini corpus")
     g.add_argument("--corpus-dir", default=None,
                    help="where the audio is generated (default: <data-root>/mini_corpus)")
-    g.add_argument("--name", default="mini", help="set / corpus name: sets <name>_train, <name>_test (default: mini)")
+    g.add_argument("--name", default="mini", type=set_name, help="set / corpus name: sets <name>_train, <name>_test (default: mini)")
     g.add_argument("--num-speakers", type=int, default=48, help="speakers in total (default: 48)")
     g.add_argument("--num-test-speakers", type=int, default=16,
                    help="speakers held out for the test set (default: 16; 0 = no test set)")
@@ -125,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=OUTPUTS)
     g = p.add_argument_group("folder corpus")
     g.add_argument("--corpus-dir", required=True, help="directory of <speaker>/<utterance>.{wav,flac}")
-    g.add_argument("--name", default="folder", help="set / corpus name: sets <name>_train, <name>_test (default: folder)")
+    g.add_argument("--name", default="folder", type=set_name, help="set / corpus name: sets <name>_train, <name>_test (default: folder)")
     g.add_argument("--test-corpus-dir", default=None,
                    help="separate test directory of the same layout (then all of --corpus-dir is training)")
     g.add_argument("--test-speakers", default=None,

@@ -24,9 +24,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from pysv import losses as loss_lib
 from pysv import models as model_lib
+from pysv.train import checkpoint
 from pysv.train.config import ConfigError, save_config
 from pysv.train.distributed import DistInfo, barrier, broadcast_float
-from pysv.utils.io import DataError, atomic_path, atomic_write, mark_complete
+from pysv.utils.io import DataError, atomic_write, mark_complete
 
 log = logging.getLogger("pysv.train")
 
@@ -295,15 +296,13 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "rng": checkpoint.rng_state(),
             "history": self.history,
-            "config": self.cfg,
+            "config": checkpoint.config_to_text(self.cfg),
             "num_classes": self.num_classes,
             "train_speakers": self.train_speakers,
         }
-        with atomic_path(self.ckpt_dir / f"epoch_{epoch:03d}.pt") as tmp:
-            torch.save(state, tmp)
+        checkpoint.save(state, self.ckpt_dir / f"epoch_{epoch:03d}.pt")
         keep = self.cfg["train"]["keep_checkpoints"]
         if keep:
             keep = max(keep, self.cfg["train"]["average_last"])
@@ -315,22 +314,20 @@ class Trainer:
         if not ckpts:
             log.info("--resume: no checkpoint in %s, starting from epoch 1", self.ckpt_dir)
             return
-        state = torch.load(ckpts[-1], map_location="cpu", weights_only=False)
+        path, state = checkpoint.load_latest(ckpts)
+        if state is None:
+            log.warning("--resume: no loadable checkpoint in %s, starting from epoch 1", self.ckpt_dir)
+            return
         self.net.encoder.load_state_dict(state["model"])
         self.net.loss.load_state_dict(state["loss"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-        if rng.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        checkpoint.set_rng_state(state["rng"])
         self.history = state["history"]
         self.start_epoch = state["epoch"] + 1
-        log.info("resumed from %s (epoch %d done)", ckpts[-1], state["epoch"])
+        log.info("resumed from %s (epoch %d done)", path, state["epoch"])
 
     # ---- loop -----------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> Dict[str, float]:
@@ -459,7 +456,7 @@ class Trainer:
             raise RuntimeError(f"no checkpoint in {self.ckpt_dir}")
         avg = None
         for p in ckpts:
-            sd = torch.load(p, map_location="cpu", weights_only=False)["model"]
+            sd = checkpoint.load(p)["model"]
             if avg is None:
                 avg = {n: t.clone().double() if t.is_floating_point() else t.clone() for n, t in sd.items()}
             else:
@@ -469,10 +466,9 @@ class Trainer:
         for n, t in avg.items():
             if t.is_floating_point():
                 avg[n] = (t / len(ckpts)).float()
-        final = {"model": avg, "config": self.cfg, "num_params": self.num_params,
+        final = {"model": avg, "config": checkpoint.config_to_text(self.cfg), "num_params": self.num_params,
                  "averaged_epochs": [int(p.stem.split("_")[1]) for p in ckpts]}
-        with atomic_path(self.exp / "final.pt") as tmp:
-            torch.save(final, tmp)
+        checkpoint.save(final, self.exp / "final.pt")
         with atomic_write(self.exp / "num_params") as f:
             f.write(f"{self.num_params}\n")
         with atomic_write(self.exp / "history.json") as f:
@@ -491,8 +487,8 @@ def load_encoder(exp_dir, device="cpu") -> Tuple[nn.Module, Dict[str, Any]]:
     path = Path(exp_dir) / "final.pt"
     if not path.is_file():
         raise DataError(f"missing trained model {path} (run stage 2 for this system)")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    cfg = state["config"]
+    state = checkpoint.load(path)
+    cfg = checkpoint.config_from_state(state, path)
     model = model_lib.build(cfg["model"]["name"], **cfg["model"]["hparams"])
     model.load_state_dict(state["model"])
     return model.to(device).eval(), cfg

@@ -2,6 +2,9 @@
 # Local parallel job launcher with Kaldi's run.pl interface:
 #   steps/launch/local.sh [--max-jobs-run N] JOB=1:NJ log/name.JOB.log command args...
 # Every occurrence of JOB in the log name and in the command is replaced by the job index.
+# The command runs with its arguments exactly as given (no shell re-parsing: a path holding spaces,
+# ';', '$()' or quotes stays one literal argument). Pipes or redirections need an explicit
+# `bash -c '...'` as the command.
 # Jobs run in the background, at most --max-jobs-run at once (default: number of cores).
 # Exit status is non-zero if any job failed; the failing log files are named.
 set -u
@@ -36,9 +39,9 @@ for ((j = start; j <= end; j++)); do
   mkdir -p "$(dirname "$this_log")"
   while [[ $(jobs -rp | wc -l) -ge $max_jobs ]]; do sleep 0.2; done
   (
-    echo "# ${this_cmd[*]}"
+    printf '#'; printf ' %q' "${this_cmd[@]}"; echo
     echo "# Started at $(date)"
-    bash -c "${this_cmd[*]}"
+    "${this_cmd[@]}"
     rc=$?
     echo "# Ended (code $rc) at $(date)"
     exit $rc

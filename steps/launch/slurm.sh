@@ -3,6 +3,8 @@
 #   steps/launch/slurm.sh [--mem 4G] [--gpu N] [--num-threads N] [--time 4:00:00] [--partition P]
 #                         JOB=1:NJ log/name.JOB.log command args...
 # Submits one array job with sbatch --wait, so the call blocks like run.pl and fails if any task fails.
+# Each argument is quoted (printf %q) into the job script, so the task runs the command with its
+# arguments exactly as given: text in paths or names is never executed.
 set -u
 opts=()
 while [[ $# -gt 0 ]]; do
@@ -22,18 +24,19 @@ if [[ "$1" =~ ^([A-Za-z_]+)=([0-9]+):([0-9]+)$ ]]; then
   var=${BASH_REMATCH[1]}; start=${BASH_REMATCH[2]}; end=${BASH_REMATCH[3]}; shift
 fi
 log=$1; shift
-cmd="$*"
+cmd=$(printf '%q ' "$@")
 if [[ -n $var ]]; then
-  log=${log//$var/%a}; cmd=${cmd//$var/\$SLURM_ARRAY_TASK_ID}
+  log=${log//$var/%a}; cmd=${cmd//$var/\$\{SLURM_ARRAY_TASK_ID\}}
 fi
 mkdir -p "$(dirname "$log")"
 array="$start-$end${max_run:+%$max_run}"
 script=$(mktemp "$(dirname "$log")/.sbatch.XXXXXX")
+header=$(printf '%q' "# $cmd")
 cat >"$script" <<EOS
 #!/usr/bin/env bash
-cd "$PWD"
+cd $(printf '%q' "$PWD")
 . ./path.sh
-echo "# $cmd"; echo "# Started at \$(date) on \$(hostname)"
+echo $header; echo "# Started at \$(date) on \$(hostname)"
 $cmd
 rc=\$?
 echo "# Ended (code \$rc) at \$(date)"
