@@ -38,6 +38,11 @@ backends="cosine plda"    # back-ends scored in stage 5 (cosine cosine_mean plda
 lda_dim=200               # LDA dimension for PLDA (capped at #train speakers - 1)
 extract_mode=             # test protocol: full | crops | tta (default: each system's extract.mode)
 exp=exp                   # experiment root: exp/<system>/
+force=false               # true: redo stages 0, 1, 3, 4, 5 even where their outputs are complete
+overwrite=false           # true: retrain the selected systems from scratch (stage 2 deletes exp/<system>)
+on_rate_mismatch=refuse   # folder corpus: audio at another sample rate: refuse | resample
+min_utt_duration=0.5      # stage 0: shorter utterances are left out (listed in data/<set>/short_utts)
+skip_missing=false        # true: stage 5 skips (and counts) trials naming utterances without embeddings
 
 . ./utils/parse_options.sh
 
@@ -50,6 +55,7 @@ steps/bootstrap.sh
 . ./cmd.sh
 
 log() { echo "$(date '+%H:%M:%S') [run.sh] $*"; }
+force_flag=; [[ $force == true ]] && force_flag=--force
 
 case $corpus in
   mini)     train_set=mini_train; test_set=mini_test; trial_lists="trials"
@@ -67,12 +73,14 @@ log "corpus $corpus: train $train_set, test $test_set; systems: $(echo $system_l
 if [[ $stage -le 0 && $stop_stage -ge 0 ]]; then
   log "stage 0: data preparation"
   case $corpus in
-    mini)     local/prepare_mini.sh --data-root data ;;
+    mini)     local/prepare_mini.sh --data-root data --min-utt-duration "$min_utt_duration" $force_flag ;;
     folder)   local/prepare_folder.sh --data-root data --name "$name" --corpus-dir "$corpus_dir" \
                 ${test_corpus_dir:+--test-corpus-dir "$test_corpus_dir"} --test-fraction "$test_fraction" \
-                --nontarget-ratio "$nontarget_ratio" ;;
+                --nontarget-ratio "$nontarget_ratio" --on-rate-mismatch "$on_rate_mismatch" \
+                --min-utt-duration "$min_utt_duration" $force_flag ;;
     voxceleb) local/prepare_voxceleb.sh --data-root data --vox1-dir "$vox1_dir" \
-                ${vox2_dir:+--vox2-dir "$vox2_dir"} --trials-dir "$vox_trials_dir" ;;
+                ${vox2_dir:+--vox2-dir "$vox2_dir"} --trials-dir "$vox_trials_dir" \
+                --min-utt-duration "$min_utt_duration" $force_flag ;;
   esac
   if [[ -n $musan_dir || -n $rirs_dir ]]; then
     local/prepare_augmentation.sh --data-root data ${musan_dir:+--musan-dir "$musan_dir"} ${rirs_dir:+--rirs-dir "$rirs_dir"}
@@ -84,7 +92,7 @@ if [[ $stage -le 1 && $stop_stage -ge 1 ]]; then
   feats=$(for s in $system_list; do python -m pysv.bin.systems get "$s" data.feature; done | sort -u | grep -v '^$' || true)
   for feat in $feats; do
     for set in $train_set $test_set; do
-      steps/make_features.sh --nj "$nj" --cmd "$cpu_cmd" "conf/$feat.yaml" "data/$set" "data/${set}_$feat"
+      steps/make_features.sh --nj "$nj" --cmd "$cpu_cmd" --force "$force" "conf/$feat.yaml" "data/$set" "data/${set}_$feat"
     done
   done
 fi
@@ -94,6 +102,7 @@ if [[ $stage -le 2 && $stop_stage -ge 2 ]]; then
   for sys in $system_list; do
     log "training $sys"
     args=(--config "conf/$sys.yaml" --exp-dir "$exp/$sys" --resume "data.train=data/$train_set" $profile $train_opts)
+    [[ $overwrite == true ]] && args=(--overwrite "${args[@]}")
     if [[ $ngpu -gt 1 ]]; then
       launcher=(torchrun --standalone --nproc_per_node "$ngpu" -m pysv.bin.train --device cuda)
     else
@@ -121,12 +130,12 @@ if [[ $stage -le 3 && $stop_stage -ge 3 ]]; then
   for sys in $system_list; do
     # full-utterance embeddings of both sets (cosine, PLDA, AS-norm) ...
     for set in $train_set $test_set; do
-      steps/extract_embeddings.sh --nj "$nj" --cmd "$cpu_cmd" --mode full "$exp/$sys" "data/$set"
+      steps/extract_embeddings.sh --nj "$nj" --cmd "$cpu_cmd" --force "$force" --mode full "$exp/$sys" "data/$set"
     done
     # ... and the test set under the system's own protocol (crops: seeds 000/002, tta: RawNet2)
     mode=$(protocol "$sys")
     if [[ $mode != full ]]; then
-      steps/extract_embeddings.sh --nj "$nj" --cmd "$cpu_cmd" --mode "$mode" "$exp/$sys" "data/$test_set"
+      steps/extract_embeddings.sh --nj "$nj" --cmd "$cpu_cmd" --force "$force" --mode "$mode" "$exp/$sys" "data/$test_set"
     fi
   done
 fi
@@ -138,12 +147,13 @@ if [[ $stage -le 4 && $stop_stage -ge 4 ]]; then
   [[ $dim -lt $lda_dim ]] && log "LDA dimension capped at $dim (training set has $nspk speakers)"
   for sys in $system_list; do
     python -m pysv.bin.backend --exp "$exp/$sys" --train-set "$train_set" \
-      --utt2spk "data/$train_set/utt2spk" --lda-dim "$dim"
+      --utt2spk "data/$train_set/utt2spk" --lda-dim "$dim" $force_flag
   done
 fi
 
 if [[ $stage -le 5 && $stop_stage -ge 5 ]]; then
   log "stage 5: scoring"
+  skip_missing_flag=; [[ $skip_missing == true ]] && skip_missing_flag=--skip-missing
   for sys in $system_list; do
     mode=$(protocol "$sys")
     sys_backends=$backends
@@ -151,7 +161,7 @@ if [[ $stage -le 5 && $stop_stage -ge 5 ]]; then
     for trials in $trial_lists; do
       for backend in $sys_backends; do
         python -m pysv.bin.score --exp "$exp/$sys" --trials "data/$test_set/$trials" --test-set "$test_set" \
-          --train-set "$train_set" --backend "$backend"
+          --train-set "$train_set" --backend "$backend" $force_flag ${skip_missing_flag:-}
       done
     done
   done

@@ -142,8 +142,8 @@ def load_config(name_or_path: Union[str, Path]) -> Dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(
             f"feature config {s!r} is neither a known name ({', '.join(FEATURE_NAMES)}) nor a yaml file")
-    with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
+    from pysv.utils.io import load_yaml
+    data = load_yaml(path, ValueError) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of options, got {type(data).__name__}")
     data.setdefault("name", path.stem)

@@ -10,6 +10,7 @@ nj=2
 cmd=steps/launch/local.sh
 mode=full
 device=auto
+force=false               # true: recompute even if the embeddings are complete
 . ./utils/parse_options.sh
 if [[ $# -ne 2 ]]; then
   echo "usage: $0 [--nj N] [--cmd CMD] [--mode full|crops|tta] <exp-dir> <data-dir>" >&2; exit 1
@@ -24,13 +25,16 @@ esac
 out=$exp/embeddings/$set_name
 [[ -f $exp/final.pt ]] || { echo "$0: missing $exp/final.pt (train the system first: stage 2)" >&2; exit 1; }
 [[ -f $data/utt2spk ]] || { echo "$0: missing $data/utt2spk (stage 0)" >&2; exit 1; }
-if [[ -f $out/.done_$name ]]; then
-  echo "$0: $out/$name.scp is complete; skipping"; exit 0
+# complete for this model (final.pt), data and protocol? (a changed input or option, a missing or
+# truncated output all mean "no", and the reason is printed)
+force_opt=(); [[ $force == true ]] && force_opt=(--force)
+if [[ $force != true ]] && python -m pysv.bin.extract --exp "$exp" --data "$data" --mode "$mode" --is-done; then
+  echo "$0: skipping"; exit 0
 fi
 nutt=$(wc -l < "$data/utt2spk")
 [[ $nj -gt $nutt ]] && nj=$nutt
 threads=$(( $(nproc) / nj )); [[ $threads -lt 1 ]] && threads=1
 $cmd JOB=1:$nj "$out/log/extract_$name.JOB.log" \
   python -m pysv.bin.extract --exp "$exp" --data "$data" --mode "$mode" --device "$device" \
-    --threads "$threads" --job JOB --nj "$nj"
-python -m pysv.bin.extract --exp "$exp" --data "$data" --mode "$mode" --merge --nj "$nj"
+    --threads "$threads" --job JOB --nj "$nj" ${force_opt[@]+"${force_opt[@]}"}
+python -m pysv.bin.extract --exp "$exp" --data "$data" --mode "$mode" --merge --nj "$nj" ${force_opt[@]+"${force_opt[@]}"}

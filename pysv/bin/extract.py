@@ -26,6 +26,8 @@ from typing import Dict, List
 
 import numpy as np
 
+from pysv.utils import stage
+
 log = logging.getLogger("pysv.extract")
 
 
@@ -81,87 +83,151 @@ def main(argv=None) -> int:
     p.add_argument("--merge", action="store_true", help="merge the --nj parts")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--is-done", action="store_true",
+                   help="exit 0 if the embeddings are complete for this model, data and protocol, 3 otherwise "
+                        "(prints why; computes nothing)")
+    p.add_argument("--force", action="store_true", help="recompute even if the outputs are complete")
     args = p.parse_args(argv)
 
     import torch
-    from pysv.embed import UtteranceReader, embed_utterances
-    from pysv.train.trainer import features_dir, load_encoder
-    from pysv.utils.io import DataError, is_complete, mark_complete
+    from pysv.utils.io import DataError
     from pysv.utils.logging import setup_logging
 
     setup_logging()
     if args.threads:
         torch.set_num_threads(args.threads)
-    exp = Path(args.exp)
-    set_name = Path(args.data).name
-    out = exp / "embeddings" / set_name
-    name = out_name(args.mode)
-    done = out / f".done_{name}"
-    if is_complete(done):
-        log.info("%s/%s.scp is complete; skipping", out, name)
-        return 0
-    split = out / f"split_{name}"
     try:
-        if args.merge:
-            return merge(out, split, name, args.nj, args.data, done)
-        device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
-        model, cfg = load_encoder(exp, device)
-        from pysv import models as model_lib
-        kind = model_lib.input_kind(cfg["model"]["name"])
-        data_dir = features_dir(args.data, cfg["data"]["feature"]) if kind == "features" else args.data
-        reader = UtteranceReader(data_dir, kind=kind)
-        utts = reader.utts
-        part = f".{args.job}" if args.job else ""
-        prefix = (split / f"{name}{part}") if args.job else (out / name)
-        if args.job:
-            utts = split_utts(utts, args.nj, args.job)
-            if (split / f".done{part}").is_file():
-                log.info("part %d of %d complete; skipping", args.job, args.nj)
-                return 0
-        proto = resolve_protocol(cfg, args.mode, args.crop_len, args.num_crops, args.overlap)
-        emb = embed_utterances(model, reader, utts, device, mode=args.mode, crop_len=proto["crop_len"],
-                               num_crops=proto["num_crops"], overlap=proto["overlap"], progress=True,
-                               desc=f"{exp.name}:{set_name}:{args.mode}")
-        write_vectors(prefix, emb)
-        if args.job:
-            mark_complete(split / f".done{part}")
+        job = Job.plan(args)
+        reason = None if args.force else stage.check(job.done, job.fingerprint)
+        if args.is_done:
+            print(f"{job.out}/{job.name}.scp: " + ("complete" if reason is None else f"not complete: {reason}"))
+            return 0 if reason is None and not args.force else 3
+        if reason is None:
+            log.info("%s/%s.scp is complete for this model, data and protocol; skipping", job.out, job.name)
             return 0
-        finish(out, name, emb, args.data, done)
+        if args.merge:
+            return job.merge(args.nj)
+        log.info("%s/%s.scp: computing (%s)", job.out, job.name, reason)
+        return job.run(args.job, args.nj, args.device)
     except DataError as e:
         log.error("%s", e)
         return 2
-    return 0
 
 
-def merge(out: Path, split: Path, name: str, nj: int, data: str, done: Path) -> int:
-    import kaldiio
-    from pysv.utils.io import DataError
-    emb: Dict[str, np.ndarray] = {}
-    for j in range(1, nj + 1):
-        scp = split / f"{name}.{j}.scp"
-        if not (split / f".done.{j}").is_file():
-            raise DataError(f"extraction part {j} of {nj} is incomplete: {scp}")
-        for k, v in kaldiio.load_scp(str(scp)).items():
-            emb[k] = np.asarray(v)
-    write_vectors(out / name, emb)
-    finish(out, name, emb, data, done)
-    shutil.rmtree(split, ignore_errors=True)
-    return 0
+class Job:
+    """One set's embeddings under one protocol: what they depend on and where they go."""
 
+    def __init__(self, exp: Path, data: Path, cfg: dict, proto: dict, model_epochs):
+        from pysv import models as model_lib
+        from pysv.train.trainer import features_dir
+        self.exp, self.data, self.cfg, self.proto = exp, data, cfg, proto
+        self.mode = proto["mode"]
+        self.name = out_name(self.mode)
+        self.out = exp / "embeddings" / data.name
+        self.done = self.out / f".done_{self.name}"
+        self.split = self.out / f"split_{self.name}"
+        self.kind = model_lib.input_kind(cfg["model"]["name"])
+        self.source = Path(features_dir(str(data), cfg["data"]["feature"]) if self.kind == "features" else data)
+        self.model_epochs = model_epochs
+        table = self.source / ("feats.scp" if self.kind == "features" else "wav.scp")
+        protocol = {"mode": self.mode} if self.mode == "full" else dict(proto)
+        if self.mode == "crops":
+            protocol.pop("overlap")
+        elif self.mode == "tta":
+            protocol.pop("num_crops")
+        self.fingerprint = {"model": stage.file_signature(exp / "final.pt"),
+                            "utt2spk": stage.file_signature(data / "utt2spk"),
+                            "source": {"path": str(table.resolve()), **stage.file_signature(table)},
+                            "protocol": protocol}
 
-def finish(out: Path, name: str, emb: Dict[str, np.ndarray], data: str, done: Path) -> None:
-    from pysv.utils.io import atomic_write, mark_complete, read_table
-    if name == "xvector":
-        utt2spk = read_table(Path(data) / "utt2spk")
-        spk: Dict[str, List[np.ndarray]] = {}
-        for utt, vec in emb.items():
-            spk.setdefault(utt2spk[utt], []).append(vec)
-        write_vectors(out / "spk_xvector", {s: np.mean(v, axis=0) for s, v in spk.items()})
-        with atomic_write(out / "num_utts.ark") as f:
-            for s in sorted(spk):
-                f.write(f"{s} {len(spk[s])}\n")
-    mark_complete(done, f"{len(emb)} utterances\n")
-    log.info("wrote %d embeddings to %s/%s.scp", len(emb), out, name)
+    @classmethod
+    def plan(cls, args) -> "Job":
+        from pysv.train import checkpoint
+        from pysv.utils.io import DataError
+        exp, data = Path(args.exp), Path(args.data)
+        final = exp / "final.pt"
+        if not final.is_file():
+            raise DataError(f"missing trained model {final} (run stage 2 for this system)")
+        if not (data / "utt2spk").is_file():
+            raise DataError(f"missing {data / 'utt2spk'} (run stage 0 for this set)")
+        state = checkpoint.load(final)
+        cfg = checkpoint.config_from_state(state, final)
+        proto = resolve_protocol(cfg, args.mode, args.crop_len, args.num_crops, args.overlap)
+        epochs = state.get("averaged_epochs") or []
+        return cls(exp, data, cfg, proto, max(epochs) if epochs else None)
+
+    def part_fingerprint(self, job: int, nj: int) -> dict:
+        return {**self.fingerprint, "part": {"job": job, "nj": nj}}
+
+    def run(self, job: int, nj: int, device_name: str) -> int:
+        import torch
+        from pysv.embed import UtteranceReader, embed_utterances
+        from pysv.train.trainer import load_encoder
+        part = f".{job}" if job else ""
+        if job:
+            marker = self.split / f".done{part}"
+            if stage.check(marker, self.part_fingerprint(job, nj)) is None:
+                log.info("part %d of %d complete; skipping", job, nj)
+                return 0
+        device = torch.device("cuda" if device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
+                              else "cpu")
+        model, _ = load_encoder(self.exp, device)
+        reader = UtteranceReader(self.source, kind=self.kind)
+        utts = split_utts(reader.utts, nj, job) if job else reader.utts
+        p = self.proto
+        emb = embed_utterances(model, reader, utts, device, mode=self.mode, crop_len=p["crop_len"],
+                               num_crops=p["num_crops"], overlap=p["overlap"], progress=True,
+                               desc=f"{self.exp.name}:{self.data.name}:{self.mode}")
+        prefix = (self.split / f"{self.name}{part}") if job else (self.out / self.name)
+        write_vectors(prefix, emb)
+        if job:
+            stage.write(self.split / f".done{part}", self.part_fingerprint(job, nj),
+                        outputs=[Path(f"{prefix}.ark"), Path(f"{prefix}.scp")], utterances=len(emb))
+            return 0
+        self.finish(emb)
+        return 0
+
+    def merge(self, nj: int) -> int:
+        import kaldiio
+        from pysv.utils.io import DataError
+        emb: Dict[str, np.ndarray] = {}
+        for j in range(1, nj + 1):
+            scp = self.split / f"{self.name}.{j}.scp"
+            reason = stage.check(self.split / f".done.{j}", self.part_fingerprint(j, nj))
+            if reason is not None:
+                raise DataError(f"extraction part {j} of {nj} ({scp}) is not complete: {reason}")
+            for k, v in kaldiio.load_scp(str(scp)).items():
+                emb[k] = np.asarray(v)
+        write_vectors(self.out / self.name, emb)
+        self.finish(emb)
+        shutil.rmtree(self.split, ignore_errors=True)
+        return 0
+
+    def finish(self, emb: Dict[str, np.ndarray]) -> None:
+        """Speaker means (full mode), then the marker -- only when every utterance of utt2spk has
+        its embedding."""
+        from pysv.utils.io import DataError, atomic_write, read_table
+        utt2spk = read_table(self.data / "utt2spk")
+        missing = sorted(set(utt2spk) - set(emb))
+        if missing or len(emb) != len(utt2spk):
+            extra = sorted(set(emb) - set(utt2spk))
+            raise DataError(f"{self.out}/{self.name}.scp: {len(emb)} embeddings for the {len(utt2spk)} utterances "
+                            f"of {self.data / 'utt2spk'} (missing e.g. {missing[:3]}, unexpected {extra[:3]}); "
+                            "not marked complete")
+        outputs = [self.out / f"{self.name}.ark", self.out / f"{self.name}.scp"]
+        if self.mode == "full":
+            spk: Dict[str, List[np.ndarray]] = {}
+            for utt, vec in emb.items():
+                spk.setdefault(utt2spk[utt], []).append(vec)
+            write_vectors(self.out / "spk_xvector", {s: np.mean(v, axis=0) for s, v in spk.items()})
+            with atomic_write(self.out / "num_utts.ark") as f:
+                for s in sorted(spk):
+                    f.write(f"{s} {len(spk[s])}\n")
+            outputs += [self.out / "spk_xvector.ark", self.out / "spk_xvector.scp", self.out / "num_utts.ark"]
+        stage.write(self.done, self.fingerprint, outputs=outputs, utterances=len(emb),
+                    model_epochs=self.model_epochs)
+        log.info("wrote %d embeddings to %s/%s.scp (model of epoch %s)", len(emb), self.out, self.name,
+                 self.model_epochs)
 
 
 if __name__ == "__main__":

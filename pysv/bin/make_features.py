@@ -30,12 +30,12 @@ import sys
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import yaml
 
-from pysv.features import FeatureExtractor, build, config_to_yaml, feature_dim, load_config, resolve_config
+from pysv.features import FeatureExtractor, config_to_yaml, feature_dim, load_config, resolve_config
 from pysv.utils.io import DataError, atomic_path, atomic_write, is_complete, mark_complete, read_table
 
 log = logging.getLogger("pysv.make_features")
@@ -118,6 +118,23 @@ def _marker_matches(marker: Path, fp: str) -> bool:
         return json.loads(marker.read_text()).get("fingerprint") == fp
     except (OSError, ValueError):
         return False
+
+
+def _arks_intact(marker: Path, out: Path) -> bool:
+    """Every ark the marker lists still exists with the size it had when it was written (a
+    truncated or replaced archive means the features must be recomputed)."""
+    try:
+        arks = json.loads(marker.read_text()).get("arks")
+    except (OSError, ValueError):
+        return False
+    if not arks:
+        return False
+    for name, size in arks.items():
+        ark = out / "data" / name
+        if not ark.is_file() or ark.stat().st_size != size:
+            log.info("%s: %s is missing or has another size than when it was written; recomputing", out, ark)
+            return False
+    return True
 
 
 def invalidate_stale(out: Path, fp_all: str) -> None:
@@ -242,7 +259,7 @@ def run_job(data: Path, out: Path, cfg: Dict[str, Any], job: int, nj: int,
     part = split_items(all_items, job, nj)
     paths = job_paths(out, job)
     fp = fingerprint(cfg, part)
-    if (_marker_matches(paths["done"], fp) and paths["ark"].is_file() and paths["scp"].is_file()
+    if (_marker_matches(paths["done"], fp) and _arks_intact(paths["done"], out) and paths["scp"].is_file()
             and paths["u2nf"].is_file()):
         log.info("job %d/%d: outputs complete (%s), skipping", job, nj, paths["scp"])
         return False
@@ -266,7 +283,8 @@ def run_job(data: Path, out: Path, cfg: Dict[str, Any], job: int, nj: int,
             writer.write(utt, feats)
             audio_s += feats.shape[0] * ext.frame_shift_seconds
     mark_complete(paths["done"], json.dumps({"fingerprint": fp, "utts": writer.num_utts,
-                                             "frames": writer.num_frames}) + "\n")
+                                             "frames": writer.num_frames,
+                                             "arks": {paths["ark"].name: paths["ark"].stat().st_size}}) + "\n")
     dt = time.perf_counter() - t0
     log.info("job %d/%d: %d utterances, %d frames (~%.1f s of audio) in %.1f s (%.0fx real time) -> %s",
              job, nj, writer.num_utts, writer.num_frames, audio_s, dt, audio_s / max(dt, 1e-9), paths["ark"])
@@ -282,7 +300,8 @@ def merge(data: Path, out: Path, cfg: Dict[str, Any], nj: int,
     for job in range(1, nj + 1):
         p = job_paths(out, job)
         fp = fingerprint(cfg, split_items(all_items, job, nj))
-        if not (_marker_matches(p["done"], fp) and p["scp"].is_file() and p["u2nf"].is_file()):
+        if not (_marker_matches(p["done"], fp) and _arks_intact(p["done"], out) and p["scp"].is_file()
+                and p["u2nf"].is_file()):
             incomplete.append(job)
     if incomplete:
         raise DataError(f"{out}: job(s) {', '.join(map(str, incomplete))} of {nj} are missing or incomplete "
@@ -308,8 +327,9 @@ def merge(data: Path, out: Path, cfg: Dict[str, Any], nj: int,
         f.write(f"# resolved feature options of {out} (pysv.features; Kaldi option names in snake_case)\n")
         f.write(config_to_yaml(cfg))
     dim = feature_dim(cfg)
+    arks = {job_paths(out, j)["ark"].name: job_paths(out, j)["ark"].stat().st_size for j in range(1, nj + 1)}
     mark_complete(out / ".done", json.dumps({"fingerprint": fingerprint(cfg, all_items),
-                                             "utts": n_scp, "dim": dim}) + "\n")
+                                             "utts": n_scp, "dim": dim, "arks": arks}) + "\n")
     log.info("merged %d jobs: %d utterances, dim %d -> %s/feats.scp", nj, n_scp, dim, out)
 
 
@@ -317,7 +337,8 @@ def is_done(data: Path, out: Path, cfg: Dict[str, Any], items: Optional[List[Tup
     """``<out>`` holds complete features for these options and this wav.scp."""
     items = items if items is not None else read_wav_scp(data)
     done = out / ".done"
-    return is_complete(done) and _marker_matches(done, fingerprint(cfg, items)) and (out / "feats.scp").is_file()
+    return (is_complete(done) and _marker_matches(done, fingerprint(cfg, items)) and (out / "feats.scp").is_file()
+            and _arks_intact(done, out))
 
 
 def run_all(data: Path, out: Path, cfg: Dict[str, Any], nj: int = 1) -> None:

@@ -68,6 +68,9 @@ def _common(check_audio_default: bool) -> argparse.ArgumentParser:
                         f"multi-channel) (default: {'on' if check_audio_default else 'off'})")
     g.add_argument("--nj", type=int, default=default_nj(),
                    help=f"parallel processes for audio checks / generation (default: {default_nj()})")
+    g.add_argument("--min-utt-duration", type=float, default=0.5,
+                   help="utterances shorter than this many seconds are left out of the sets (with the trials "
+                        "naming them) and listed in <set>/short_utts (default: 0.5)")
     g.add_argument("--force", action="store_true", help="redo the stage even if it is complete")
     g.add_argument("--log-file", default=None, help="also write the log to this file")
     g.add_argument("--no-progress", action="store_true", help="disable progress bars")
@@ -205,7 +208,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_file)
     audio = AudioOptions(sample_rate=args.sample_rate, on_rate_mismatch=args.on_rate_mismatch,
-                         check_audio=args.check_audio, nj=max(1, args.nj), progress=not args.no_progress)
+                         check_audio=args.check_audio, nj=max(1, args.nj), progress=not args.no_progress,
+                         min_duration=args.min_utt_duration)
     logger.info("preparing %s: %s", args.corpus, " ".join(sys.argv[1:]) if argv is None else " ".join(argv))
     try:
         if args.corpus == "mini":

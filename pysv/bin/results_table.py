@@ -20,7 +20,7 @@ from typing import List, Optional, Tuple
 
 from pysv.utils.io import atomic_write
 
-BACKEND_ORDER = {"cosine": 0, "cosine_mean": 1, "asnorm": 2, "crops": 3, "plda": 4}
+BACKEND_ORDER = {"cosine": 0, "cosine_mean": 1, "asnorm": 2, "crops": 3, "tta": 4, "plda": 5}
 
 
 def format_params(n: Optional[int]) -> str:
@@ -82,7 +82,9 @@ def collect(exp_root: Path) -> List[dict]:
         rows.append({
             "system": system_dir.name,
             "params": params,
-            "epochs": epochs,
+            # the epoch of the model the scores came from (recorded by stages 3 and 5), else the
+            # epochs in history.json (scores of an older pysv)
+            "epochs": m.get("model_epochs") if m.get("model_epochs") is not None else epochs,
             "train_seconds": train_seconds,
             "trials": m.get("trials_name", mfile.stem),
             "backend": m.get("backend", "?"),

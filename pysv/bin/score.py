@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         e_scp = emb / enroll_set / test_file
 
     config = {k: v for k, v in sorted(vars(args).items()) if k not in ("force", "no_plot")}
-    inputs = [trials_path, t_scp, e_scp]
+    inputs = [trials_path, t_scp, e_scp, t_scp.parent / f".done_{t_scp.stem}"]
     if args.backend == "plda":
         inputs += [exp / "backend" / f for f in ("mean.vec", "transform.mat", "plda")]
     if args.train_set:
@@ -317,8 +317,10 @@ def run(args: argparse.Namespace) -> int:
     t1 = time.time()
     m = compute_metrics(scores, labels, p_targets=args.p_target)
     t_metrics = time.time() - t1
+    from pysv.utils import stage
+    embedded = stage.info(t_scp.parent / f".done_{t_scp.stem}")
     result = {
-        "system": exp.name, "backend": args.backend, "trials": str(trials_path), "trials_name": name,
+        "system": exp.name, "backend": args.backend, "model_epochs": embedded.get("model_epochs"), "trials": str(trials_path), "trials_name": name,
         "test_set": args.test_set, "enroll_set": enroll_set, "num_trials": int(labels.size),
         "num_skipped": n_skipped, **m, "score_file": str(score_path),
         "det_plot": None if args.no_plot else str(det_path),

@@ -6,7 +6,10 @@
 Every config value can be overridden as ``section.key=value`` (yaml syntax for the value), e.g.
 ``train.epochs=5 sampler.batch_size=64 loss.hparams.margin=0.3``. The resolved config is written to
 ``exp/<system>/config.yaml``. A run whose ``exp/<system>/.done`` exists is skipped (``--overwrite``
-retrains); ``--resume`` continues a killed run from its last epoch checkpoint.
+retrains); ``--resume`` continues a killed run from its last epoch checkpoint, and a finished run
+asked for more epochs (``train.epochs``) from its last epoch. A run dir whose recorded config
+differs in any other key than ``train.epochs``, ``train.log_interval``, ``data.num_workers`` is
+refused with the changed keys named (``--overwrite`` retrains it, or use another ``--exp-dir``).
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ def main(argv=None) -> int:
     import torch
     from pysv.train.config import ConfigError, load_config
     from pysv.train.distributed import cleanup, init_distributed
-    from pysv.utils.io import DataError, is_complete
+    from pysv.utils.io import DataError
     from pysv.utils.logging import setup_logging
 
     if args.threads:
@@ -50,12 +53,13 @@ def main(argv=None) -> int:
     if args.overwrite and info.is_main and exp.exists():
         shutil.rmtree(exp)
     barrier(info)
-    if is_complete(exp / ".done") and not args.overwrite:
+    decision = None if args.overwrite else previous_run_decision(exp, cfg, args.resume)
+    if decision is not None:
+        rc, message = decision
         if info.is_main:
-            print(f"pysv.bin.train: {exp} is complete (.done exists); skipping. Use --overwrite to retrain.",
-                  file=sys.stderr)
+            print(f"pysv.bin.train: {message}", file=sys.stderr)
         cleanup(info)
-        return 0
+        return rc
     if any((exp / "checkpoints").glob("epoch_*.pt")) and not args.resume:
         if info.is_main:
             print(f"pysv.bin.train: {exp} has checkpoints from an unfinished run; pass --resume to continue "
@@ -79,6 +83,72 @@ def main(argv=None) -> int:
         return 3
     cleanup(info)
     return 0
+
+
+#: config keys that may differ between a run and its continuation (--resume): they change how
+#: long or how verbosely it trains, not what it trains
+MAY_CHANGE = ("train.epochs", "train.log_interval", "data.num_workers")
+
+
+def changed_keys(old: dict, new: dict) -> list:
+    """Flattened keys whose values differ between two resolved configs. ``model.hparams`` /
+    ``loss.hparams`` keys absent from ``new`` take the recorded (resolved default) value."""
+    a, b = _flat_values(old), _flat_values(new)
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        if k.startswith(("model.hparams.", "loss.hparams.")) and k not in b:
+            continue
+        if a.get(k) != b.get(k):
+            keys.append(k)
+    return keys
+
+
+def previous_run_decision(exp: Path, cfg: dict, resume: bool):
+    """What to do with an existing run in ``exp``: ``None`` = train (new run, continuation, or
+    more epochs), else ``(exit code, message)`` (skip a complete run, refuse a changed config)."""
+    from pysv.train.config import load_config
+    from pysv.utils.io import is_complete
+
+    saved = exp / "config.yaml"
+    done = is_complete(exp / ".done")
+    if not saved.is_file():
+        return (0, f"{exp} is complete (.done exists); skipping. Use --overwrite to retrain.") if done else None
+    old = load_config(str(saved))
+    changed = changed_keys(old, cfg)
+    fixed = [k for k in changed if k not in MAY_CHANGE]
+    if fixed:
+        flat_old, flat_new = _flat_values(old), _flat_values(cfg)
+        detail = "; ".join(f"{k}: {flat_old.get(k)!r} -> {flat_new.get(k)!r}" for k in fixed[:8])
+        return (2, f"{exp} holds a run with another configuration ({len(fixed)} changed key(s): {detail}). "
+                   f"Only {', '.join(MAY_CHANGE)} may change for a run to continue. Use --overwrite to retrain "
+                   "it with the new configuration, or another --exp-dir (run.sh: another --exp root)")
+    if done:
+        trained = old["train"]["epochs"]
+        wanted = cfg["train"]["epochs"]
+        if wanted <= trained:
+            if wanted < trained:
+                return (0, f"{exp} is complete with {trained} epochs (asked for {wanted}); skipping. "
+                           "Use --overwrite to retrain with fewer epochs.")
+            return (0, f"{exp} is complete (.done exists); skipping. Use --overwrite to retrain.")
+        if not resume:
+            return (2, f"{exp} is complete with {trained} epochs; pass --resume to continue it to {wanted} epochs "
+                       "or --overwrite to start again")
+        (exp / ".done").unlink(missing_ok=True)
+        logging.getLogger("pysv.train").info("continuing %s from %d to %d epochs", exp, trained, wanted)
+        print(f"pysv.bin.train: continuing {exp} from {trained} to {wanted} epochs", file=sys.stderr)
+    return None
+
+
+def _flat_values(cfg: dict) -> dict:
+    """``section.key`` -> value, with the free-form hparams dicts expanded one level deeper."""
+    from pysv.train.config import _flatten
+    out = {}
+    for k, v in _flatten(cfg).items():
+        if k in ("model.hparams", "loss.hparams") and isinstance(v, dict):
+            out.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+        else:
+            out[k] = v
+    return out
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import soundfile as sf
 
 from pysv.utils.io import (DataError, atomic_path, is_complete, mark_complete, utt2spk_to_spk2utt,
                            write_table, write_trials)
+from pysv.utils.stage import file_signature, listing_signature
 
 logger = logging.getLogger(__name__)
 
@@ -65,16 +66,22 @@ class AudioOptions:
     check_audio: bool = True  # read every file fully: catches corrupt and all-zero audio
     nj: int = 1
     progress: bool = True
+    #: utterances shorter than this (seconds) are left out of the set and listed in
+    #: <set>/short_utts; trials naming them are dropped. 0.5 s = 50 frames, more than any encoder
+    #: here needs (RawNet2's receptive field is 2437 samples = 0.15 s)
+    min_duration: float = 0.5
 
     def validate(self) -> None:
         if self.on_rate_mismatch not in ("refuse", "resample"):
             raise DataError(f"--on-rate-mismatch must be 'refuse' or 'resample', got {self.on_rate_mismatch!r}")
         if self.sample_rate <= 0:
             raise DataError(f"--sample-rate must be positive, got {self.sample_rate}")
+        if not self.min_duration >= 0:
+            raise DataError(f"--min-utt-duration must be >= 0, got {self.min_duration}")
 
     def fingerprint(self) -> Dict[str, object]:
         return {"sample_rate": self.sample_rate, "on_rate_mismatch": self.on_rate_mismatch,
-                "check_audio": self.check_audio}
+                "check_audio": self.check_audio, "min_duration": self.min_duration}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +125,7 @@ class BuiltSet:
     supervisions: object  # lhotse SupervisionSet
     cuts: object  # lhotse CutSet
     materialize: Dict[str, str]  # utt -> path (relative to the set dir) of an audio copy to write
+    short: Dict[str, float] = dataclasses.field(default_factory=dict)  # utt -> duration (s), left out
 
 
 def default_nj() -> int:
@@ -248,8 +256,13 @@ def build_sets(specs: Sequence[SetSpec], opts: AudioOptions) -> List[BuiltSet]:
         infos, errors = probe_files([u.path for u in spec.utts], opts, spec.name)
         recs, sups, cuts = [], [], []
         materialize: Dict[str, str] = {}
+        short: Dict[str, float] = {}
         for u, info in zip(spec.utts, infos):
             if info is None:
+                continue
+            duration = info["num_samples"] / info["sample_rate"]
+            if duration < opts.min_duration:
+                short[u.utt_id] = duration
                 continue
             if info["channels"] != 1:
                 errors.append(f"{u.path}: {info['channels']} channels; speaker corpora must be mono "
@@ -269,6 +282,8 @@ def build_sets(specs: Sequence[SetSpec], opts: AudioOptions) -> List[BuiltSet]:
             cuts.append(MonoCut(id=u.utt_id, start=0.0, duration=rec.duration, channel=0, recording=rec,
                                 supervisions=[sup]))
         raise_errors(errors, f"the audio of set '{spec.name}'")
+        if short:
+            spec = drop_short_utterances(spec, short, opts.min_duration)
         known = {u.utt_id for u in spec.utts}
         terr = []
         for fname, trials in spec.trials.items():
@@ -277,9 +292,22 @@ def build_sets(specs: Sequence[SetSpec], opts: AudioOptions) -> List[BuiltSet]:
                     if x not in known:
                         terr.append(f"{spec.name}/{fname}: utterance '{x}' is not in set '{spec.name}'")
         raise_errors(sorted(set(terr)), f"the trials of set '{spec.name}'")
+        if not recs:
+            raise DataError(f"set '{spec.name}': every utterance is shorter than {opts.min_duration} s")
         built.append(BuiltSet(spec, RecordingSet.from_recordings(recs), SupervisionSet.from_segments(sups),
-                              CutSet.from_cuts(cuts), materialize))
+                              CutSet.from_cuts(cuts), materialize, short))
     return built
+
+
+def drop_short_utterances(spec: SetSpec, short: Dict[str, float], min_duration: float) -> SetSpec:
+    """The set without the utterances in ``short`` and without the trials that name them (the
+    documented rule: such utterances are neither trained on nor tested)."""
+    trials = {f: [t for t in ts if t[0] not in short and t[1] not in short] for f, ts in spec.trials.items()}
+    dropped = sum(len(ts) for ts in spec.trials.values()) - sum(len(ts) for ts in trials.values())
+    logger.warning("set %s: %d utterance(s) shorter than %.2f s left out (listed in %s/short_utts)%s",
+                   spec.name, len(short), min_duration, spec.name,
+                   f", with the {dropped} trial(s) naming them" if dropped else "")
+    return dataclasses.replace(spec, utts=[u for u in spec.utts if u.utt_id not in short], trials=trials)
 
 
 def write_manifest(manifest, path: Path) -> None:
@@ -361,6 +389,8 @@ def write_sets(built: Sequence[BuiltSet], data_root: Path, fingerprint: str, pro
         export_kaldi_dir(b.cuts, set_dir, override)
         for fname, trials in sorted(b.spec.trials.items()):
             write_trials(set_dir / fname, trials)
+        with atomic_path(set_dir / "short_utts") as tmp:
+            Path(tmp).write_text("".join(f"{u} {d:.3f}\n" for u, d in sorted(b.short.items())), encoding="utf-8")
         mark_complete(done, fingerprint)
         nspk = len({u.speaker for u in b.spec.utts})
         ntr = {k: len(v) for k, v in b.spec.trials.items()}
@@ -575,19 +605,25 @@ def prepare_folder(corpus_dir, data_root="data", name: str = "folder", test_corp
         raise DataError("give either --test-corpus-dir or --test-speakers, not both")
     has_test = bool(test_corpus_dir or test_speakers or test_fraction > 0)
     set_names = [f"{name}_train"] + ([f"{name}_test"] if has_test else [])
+    utts = scan_speaker_dirs(corpus_dir, "corpus")
+    test_scan = scan_speaker_dirs(test_corpus_dir, "test corpus") if test_corpus_dir else []
+    # the listing (names, sizes, modification times of every audio file) is part of the
+    # configuration: an added, removed or rewritten file makes stage 0 run again
     fp = make_fingerprint(stage="folder", corpus_dir=os.path.abspath(corpus_dir),
                           test_corpus_dir=os.path.abspath(test_corpus_dir) if test_corpus_dir else None,
                           test_speakers=os.path.abspath(test_speakers) if test_speakers else None,
+                          test_speakers_file=file_signature(test_speakers) if test_speakers else None,
                           test_fraction=test_fraction if not (test_corpus_dir or test_speakers) else None,
-                          trials=dataclasses.asdict(trial_opts), audio=audio_opts.fingerprint(), name=name)
+                          trials=dataclasses.asdict(trial_opts), audio=audio_opts.fingerprint(), name=name,
+                          audio_files=listing_signature(u.path for u in utts + test_scan))
     if not force and stage_complete(data_root, set_names, fp):
-        logger.info("sets %s already prepared in %s (same configuration); skipping", ", ".join(set_names), data_root)
+        logger.info("sets %s already prepared in %s (same configuration, same audio files); skipping",
+                    ", ".join(set_names), data_root)
         return [Path(data_root) / s for s in set_names]
 
-    utts = scan_speaker_dirs(corpus_dir, "corpus")
     if test_corpus_dir:
         train_utts = utts
-        test_utts = scan_speaker_dirs(test_corpus_dir, "test corpus")
+        test_utts = test_scan
         overlap = sorted({u.speaker for u in train_utts} & {u.speaker for u in test_utts})
         if overlap:
             raise DataError(f"speaker(s) {', '.join(overlap[:20])} appear in both {corpus_dir} and "

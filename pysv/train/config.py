@@ -170,8 +170,8 @@ def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> Dict[str,
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
-        with open(p, encoding="utf-8") as f:
-            user = yaml.safe_load(f) or {}
+        from pysv.utils.io import load_yaml
+        user = load_yaml(p, ConfigError) or {}
         if not isinstance(user, dict):
             raise ConfigError(f"{p}: top level must be a mapping")
         for key, value in _flatten(user).items():

@@ -141,12 +141,12 @@ class Trainer:
         self._build_data()
         try:
             encoder = model_lib.build(model_name, **cfg["model"]["hparams"])
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise ConfigError(f"config key 'model.hparams': {e}") from None
         try:
             loss = loss_lib.build(cfg["loss"]["name"], encoder.embed_dim, self.num_classes,
                                   **cfg["loss"]["hparams"])
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise ConfigError(f"config key 'loss.hparams': {e}") from None
         if hasattr(encoder, "hparams"):  # record the resolved encoder hyper-parameters in config.yaml
             cfg["model"]["hparams"] = dict(encoder.hparams)
@@ -232,7 +232,11 @@ class Trainer:
             kw["utts_per_spk"] = scfg["utts_per_spk"]
         elif scfg["kind"] == "shuffle":
             kw["drop_last"] = True  # a last batch of one utterance would break batch norm
-        self.sampler = build_sampler(scfg["kind"], labels, scfg["batch_size"] // world, **kw)
+        try:
+            self.sampler = build_sampler(scfg["kind"], labels, scfg["batch_size"] // world, **kw)
+        except (TypeError, ValueError) as e:  # e.g. fewer speakers than a batch needs
+            raise ConfigError(f"config key 'sampler' ({scfg['kind']}, batch_size {scfg['batch_size']}, "
+                              f"{len(set(labels))} training speakers): {e}") from None
         nw = dcfg["num_workers"]
         self.loader = DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=nw,
                                  pin_memory=self.device.type == "cuda", collate_fn=ds.collate,

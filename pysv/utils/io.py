@@ -135,3 +135,18 @@ def is_complete(done_marker: PathLike) -> bool:
 def mark_complete(done_marker: PathLike, text: str = "") -> None:
     with atomic_write(done_marker) as f:
         f.write(text)
+
+
+def load_yaml(path: PathLike, error=DataError):
+    """``yaml.safe_load`` of a file; a syntax error becomes ``error`` naming the file, line and
+    column and what is wrong (never a bare parser traceback)."""
+    import yaml
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or str(e).strip().splitlines()[0]
+        raise error(f"{where}: yaml syntax error: {problem}") from None
