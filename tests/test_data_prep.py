@@ -24,7 +24,7 @@ QUIET = AudioOptions(progress=False)
 # ----------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------
-def write_wav(path: Path, seconds: float = 0.3, sr: int = SR, seed: int = 0, channels: int = 1,
+def write_wav(path: Path, seconds: float = 0.6, sr: int = SR, seed: int = 0, channels: int = 1,
               zeros: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     n = int(seconds * sr)
@@ -36,7 +36,7 @@ def write_wav(path: Path, seconds: float = 0.3, sr: int = SR, seed: int = 0, cha
 def make_folder_corpus(root: Path, n_spk: int = 10, n_utt: int = 3, ext: str = "wav") -> Path:
     for s in range(n_spk):
         for u in range(n_utt):
-            write_wav(root / f"spk{s:02d}" / f"u{u}.{ext}", 0.2 + 0.05 * u, seed=s * 100 + u)
+            write_wav(root / f"spk{s:02d}" / f"u{u}.{ext}", 0.6 + 0.05 * u, seed=s * 100 + u)
     return root
 
 
