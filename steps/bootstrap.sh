@@ -23,8 +23,10 @@ fi
 # shellcheck disable=SC1091
 . "$venv/bin/activate"
 if ! python -c "import torch" 2>/dev/null; then
+  echo "bootstrap: installing ${PYSV_TORCH_SPEC:-torch==2.13.0} (pinned; the CPU wheel where pip finds it)" >&2
   pip install -q "${PYSV_TORCH_SPEC:-torch==2.13.0}"
 fi
+echo "bootstrap: installing pysv (editable) with lhotse, kaldiio, soundfile, numpy/scipy, tqdm, pyyaml, matplotlib and the [${PYSV_EXTRAS:-test}] extras" >&2
 pip install -q -e "$root[${PYSV_EXTRAS:-test}]"
 python -c "import torch, lhotse, kaldiio, pysv; print('bootstrap: torch', torch.__version__, '| lhotse', lhotse.__version__, '| cuda available:', torch.cuda.is_available())" >&2
 echo "$want" > "$stamp"

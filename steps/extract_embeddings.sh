@@ -34,7 +34,10 @@ fi
 nutt=$(wc -l < "$data/utt2spk")
 [[ $nj -gt $nutt ]] && nj=$nutt
 threads=$(( $(nproc) / nj )); [[ $threads -lt 1 ]] && threads=1
+echo "$0: $exp on $data ($mode): $nutt utterances in $nj job(s); progress in $out/log/extract_$name.*.log"
+start_s=$SECONDS
 $cmd JOB=1:$nj "$out/log/extract_$name.JOB.log" \
   python -m pysv.bin.extract --exp "$exp" --data "$data" --mode "$mode" --device "$device" \
     --threads "$threads" --job JOB --nj "$nj" ${force_opt[@]+"${force_opt[@]}"}
 python -m pysv.bin.extract --exp "$exp" --data "$data" --mode "$mode" --merge --nj "$nj" ${force_opt[@]+"${force_opt[@]}"}
+echo "$0: $exp on $data ($mode): done in $((SECONDS - start_s)) s"

@@ -411,7 +411,7 @@ class Trainer:
                                  feature_extractor=self.feature_extractor if on_the_fly else None)
         utts = sorted({u for a, b, _ in self.valid_trials for u in (a, b)})
         emb = embed_utterances(self.net.encoder, reader, utts, self.device, mode="full",
-                               progress=False, desc="validation")
+                               progress=self.progress, desc=f"validation ({len(utts)} utterances)")
         scores = cosine_trial_scores(emb, self.valid_trials)
         labels = np.array([t[2] for t in self.valid_trials])
         eer, _ = compute_eer(scores, labels)
