@@ -233,7 +233,10 @@ class Trainer:
         elif scfg["kind"] == "shuffle":
             kw["drop_last"] = True  # a last batch of one utterance would break batch norm
         try:
-            self.sampler = build_sampler(scfg["kind"], labels, scfg["batch_size"] // world, **kw)
+            # speaker ids, not label indices, so that the sampler's messages name speakers as stage 0
+            # does (label i is the i-th sorted speaker id: the same grouping and order either way)
+            self.sampler = build_sampler(scfg["kind"], [self.train_speakers[lab] for lab in labels],
+                                         scfg["batch_size"] // world, **kw)
         except (TypeError, ValueError) as e:  # e.g. fewer speakers than a batch needs
             raise ConfigError(f"config key 'sampler' ({scfg['kind']}, batch_size {scfg['batch_size']}, "
                               f"{len(set(labels))} training speakers): {e}") from None
