@@ -138,6 +138,9 @@ class Job:
         self.fingerprint = {"model": stage.file_signature(exp / "final.pt"),
                             "utt2spk": stage.file_signature(data / "utt2spk"),
                             "source": {"path": str(table.resolve()), **stage.file_signature(table)},
+                            # stage 1's marker holds its options' fingerprint: recomputed features with
+                            # other options change it even where feats.scp reads the same
+                            "features": stage.file_signature(self.source / ".done") if self.kind == "features" else None,
                             "protocol": protocol}
 
     @classmethod
