@@ -265,3 +265,78 @@ def test_stage3_with_a_hostile_exp_path_runs_nothing_from_it(tiny_recipe, tmp_pa
     assert len(emb) == len((tiny_recipe["test"] / "utt2spk").read_text().splitlines())
     for f in ("X", "Y"):
         assert not (REPO / f).exists() and not (tmp_path / f).exists()
+
+
+def test_precision_choices_resolve_per_device():
+    from pysv.train import precision
+    cpu = torch.device("cpu")
+    assert precision.resolve("fp32", cpu) == "fp32" and precision.resolve("bf16", cpu) == "bf16"
+    assert precision.resolve("auto", cpu) == ("bf16" if precision.cpu_has_native_bf16() else "fp32")
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        precision.resolve("fp16", cpu)
+    with pytest.raises(ConfigError, match="train.precision"):
+        load_config(str(REPO / "conf" / "xvector_softmax.yaml"), ["train.precision=fp8"])
+
+
+def test_bf16_trains_like_fp32_and_resumes(tiny_recipe, tmp_path, monkeypatch):
+    # Same seed, data order and steps in fp32 and in bf16 autocast (CPU). Tolerances: the training
+    # losses of the last epoch agree within 5 % (bf16 rounds activations to 8 mantissa bits, the
+    # losses themselves run in float32); the validation EERs within 3 binomial standard errors of
+    # the fp32 EER for this many target trials -- the noise of an EER on so few trials (two held-out
+    # speakers), so "within noise" and not "equal".
+    extra = ["train.epochs=3", "model.hparams.embed_dim=64"]
+    fp32, _ = run_train(tiny_recipe, tmp_path, "thin_resnet34_angleproto.yaml", *extra, "train.precision=fp32",
+                        exp_name="fp32")
+    bf16, _ = run_train(tiny_recipe, tmp_path, "thin_resnet34_angleproto.yaml", *extra, "train.precision=bf16",
+                        exp_name="bf16")
+    ha = json.loads((fp32 / "history.json").read_text())
+    hb = json.loads((bf16 / "history.json").read_text())
+    assert abs(hb[-1]["loss"] - ha[-1]["loss"]) <= 0.05 * abs(ha[-1]["loss"])
+    n_target = _valid_targets(fp32)
+    p = max(ha[-1]["valid_eer"] / 100, 0.05)
+    tol = 100 * 3 * (p * (1 - p) / n_target) ** 0.5
+    assert abs(hb[-1]["valid_eer"] - ha[-1]["valid_eer"]) <= tol, (ha[-1]["valid_eer"], hb[-1]["valid_eer"], tol)
+    # resume in bf16: killed after epoch 1, resumed, identical to the uninterrupted bf16 run
+    original = Trainer.train_epoch
+
+    def dying(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt("killed")
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(tiny_recipe, tmp_path, "thin_resnet34_angleproto.yaml", *extra, "train.precision=bf16",
+                  exp_name="bf16_killed")
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    killed, _ = run_train(tiny_recipe, tmp_path, "thin_resnet34_angleproto.yaml", *extra, "train.precision=bf16",
+                          exp_name="bf16_killed")
+    a, b = encoder_state(bf16), encoder_state(killed)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def _valid_targets(exp) -> int:
+    """Target trials of a run's held-out validation speakers (all pairs of their utterances)."""
+    spk = set((exp / "valid_speakers").read_text().split())
+    cfg = load_config(str(exp / "config.yaml"))
+    u2s = dict(line.split() for line in (Path(cfg["data"]["train"]) / "utt2spk").read_text().splitlines())
+    counts = {}
+    for s in u2s.values():
+        if s in spk:
+            counts[s] = counts.get(s, 0) + 1
+    return sum(n * (n - 1) // 2 for n in counts.values())
+
+
+def test_compile_falls_back_to_eager_with_a_warning(tiny_recipe, tmp_path, monkeypatch):
+    def broken_compile(module, *a, **k):
+        class Broken(torch.nn.Module):
+            def forward(self, *args, **kwargs):
+                raise RuntimeError("no backend for this platform")
+        return Broken()
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    exp, _ = run_train(tiny_recipe, tmp_path, "xvector_softmax.yaml", "data.feature=fbank40",
+                       "model.hparams.feat_dim=40", "train.epochs=1", "train.compile=true")
+    assert "train.compile: compilation failed (RuntimeError: no backend for this platform); training eagerly" \
+        in (exp / "train.log").read_text()

@@ -85,7 +85,10 @@ class SincConv(nn.Module):
         return bp.unsqueeze(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv1d(x, self.filters().to(x.dtype))
+        # the band-pass filters and their convolution with the raw waveform stay in float32 under
+        # autocast: 251-tap filters on 16-bit audio lose too much in bf16 / fp16
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return F.conv1d(x.float(), self.filters())
 
 
 class FMS(nn.Module):

@@ -58,7 +58,8 @@ DEFAULTS: Dict[str, Any] = {
     },
     "train": {
         "epochs": 10,
-        "amp": True,                  # mixed precision on GPU (ignored on CPU)
+        "precision": "auto",          # auto | fp32 | bf16 | fp16 (pysv.train.precision; auto = bf16 where native)
+        "compile": False,             # torch.compile the encoder (falls back to eager with a warning)
         "grad_clip": None,
         "embed_norm_scale": None,     # scale embeddings to this L2 norm before the loss (RawNet2: 10)
         "average_last": 1,            # average the weights of the last K epoch checkpoints into final.pt
@@ -194,6 +195,7 @@ def check_values(cfg: Dict[str, Any]) -> None:
         "optim.name": ("sgd", "adam", "amsgrad"),
         "scheduler.name": ("plateau", "step", "none"),
         "extract.mode": EXTRACT_MODES,
+        "train.precision": ("auto", "fp32", "bf16", "fp16"),
     }
     flat = _flatten(cfg)
     for key, allowed in choices.items():

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from pysv import losses as loss_lib
 from pysv import models as model_lib
 from pysv.train import checkpoint
+from pysv.train import precision as precision_lib
 from pysv.train.config import ConfigError, save_config
 from pysv.train.distributed import DistInfo, barrier, broadcast_float
 from pysv.utils.io import DataError, atomic_write, mark_complete
@@ -157,8 +158,12 @@ class Trainer:
         self.net = net
         self.optimizer = self._build_optimizer()
         self.scheduler = self._build_scheduler()
-        self.use_amp = bool(cfg["train"]["amp"]) and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        try:
+            self.precision = precision_lib.resolve(cfg["train"]["precision"], self.device)
+        except ValueError as e:
+            raise ConfigError(f"config key 'train.precision': {e}") from None
+        self.scaler = precision_lib.grad_scaler(self.precision, self.device)
+        self.step_net = self._compiled(self.net) if cfg["train"]["compile"] else None
         if self.dist.enabled:
             self.ddp = nn.parallel.DistributedDataParallel(
                 self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None,
@@ -355,19 +360,7 @@ class Trainer:
         for step, (x, y) in enumerate(bar, 1):
             x = x.to(dev, non_blocking=True)
             y = y.to(dev, non_blocking=True)
-            with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=self.use_amp):
-                loss, acc = self.ddp(x, y)
-            # checked before backward so that the weights of the last good step are never corrupted;
-            # one scalar read per step (the losses' own input checks read a few values anyway)
-            if not bool(torch.isfinite(loss.detach())):
-                self._raise_non_finite(epoch, step)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if tcfg["grad_clip"]:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.net.parameters(), tcfg["grad_clip"])
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            loss, acc = self.train_step(x, y, epoch, step)
             loss_sum += loss.detach().double()
             if acc is not None:
                 acc_sum += torch.as_tensor(acc, device=dev).detach().double()
@@ -393,6 +386,38 @@ class Trainer:
         if n_acc:
             stats["accuracy"] = 100.0 * acc_sum.item() / n_acc
         return stats
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int = 0, step: int = 0):
+        """One optimiser step on a batch (on the device): forward under the run's precision,
+        finite-loss check, backward (loss-scaled for fp16), clipping, update. Returns the loss
+        (detached) and the accuracy of the loss, or None."""
+        net = self.ddp if self.step_net is None else self.step_net
+        with precision_lib.autocast(self.precision, self.device):
+            loss, acc = net(x, y)
+        # checked before backward so that the weights of the last good step are never corrupted;
+        # one scalar read per step (the losses' own input checks read a few values anyway)
+        if not bool(torch.isfinite(loss.detach())):
+            self._raise_non_finite(epoch, step)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        clip = self.cfg["train"]["grad_clip"]
+        if clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.net.parameters(), clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach(), acc
+
+    def _compiled(self, net: nn.Module) -> Optional[nn.Module]:
+        """``torch.compile`` of the training module (DDP-wrapped where distributed), or None with
+        a warning where compilation is not available; checked on a first call by train_step."""
+        target = self.ddp if self.dist.enabled else net
+        try:
+            return _CompileOrEager(torch.compile(target), target)
+        except Exception as e:  # no dynamo / inductor for this platform
+            log.warning("train.compile: torch.compile is not available (%s: %s); training eagerly",
+                        type(e).__name__, e)
+            return None
 
     def _raise_non_finite(self, epoch: int, step: int) -> None:
         last = self.checkpoints()
@@ -499,3 +524,23 @@ def load_encoder(exp_dir, device="cpu") -> Tuple[nn.Module, Dict[str, Any]]:
     model = model_lib.build(cfg["model"]["name"], **cfg["model"]["hparams"])
     model.load_state_dict(state["model"])
     return model.to(device).eval(), cfg
+
+
+class _CompileOrEager(nn.Module):
+    """Runs the compiled module; if its first call fails (a compiler backend missing: no C
+    compiler, an unsupported platform), warns once and runs the eager module from then on."""
+
+    def __init__(self, compiled: nn.Module, eager: nn.Module):
+        super().__init__()
+        self.compiled, self.eager = compiled, eager
+        self.failed = False
+
+    def forward(self, *args, **kwargs):
+        if not self.failed:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as e:  # torch._dynamo / inductor errors are not one class
+                self.failed = True
+                log.warning("train.compile: compilation failed (%s: %s); training eagerly",
+                            type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        return self.eager(*args, **kwargs)
