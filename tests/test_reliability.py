@@ -148,15 +148,21 @@ def test_truncated_embedding_and_feature_archives_are_redone(tiny_recipe, traine
     assert make_features.main(args + ["--is-done"]) == 0
 
 
-def test_stage0_folder_corpus_redone_after_a_speaker_is_added(tmp_path):
+def write_corpus(root: Path, n_spk: int, n_utt: int, samples=lambda s, u: 8000, seed: int = 0) -> Path:
+    """A ``<spk>/<utt>.wav`` tree of noise (16 kHz), ``samples(s, u)`` samples per utterance."""
     import soundfile as sf
+    rng = np.random.default_rng(seed)
+    for s in range(n_spk):
+        (root / f"spk{s}").mkdir(parents=True, exist_ok=True)
+        for u in range(n_utt):
+            x = 0.1 * rng.standard_normal(samples(s, u)).astype(np.float32)
+            sf.write(root / f"spk{s}" / f"u{u}.wav", x, 16000)
+    return root
+
+
+def test_stage0_folder_corpus_redone_after_a_speaker_is_added(tmp_path):
     from pysv.data.prepare import prepare_folder
-    rng = np.random.default_rng(0)
-    corpus = tmp_path / "corpus"
-    for s in range(6):
-        for u in range(3):
-            (corpus / f"spk{s}").mkdir(parents=True, exist_ok=True)
-            sf.write(corpus / f"spk{s}" / f"u{u}.wav", 0.1 * rng.standard_normal(8000).astype(np.float32), 16000)
+    corpus = write_corpus(tmp_path / "corpus", 6, 3)
     data = tmp_path / "data"
     prepare_folder(corpus, data_root=str(data), name="c", test_fraction=0.34)
     before = sum(len((data / f"c_{x}" / "spk2utt").read_text().splitlines()) for x in ("train", "test"))
@@ -186,15 +192,9 @@ def test_every_remedy_a_message_suggests_is_an_option_of_run_sh():
 
 
 def test_short_utterances_are_left_out_and_listed(tmp_path):
-    import soundfile as sf
     from pysv.data.prepare import AudioOptions, prepare_folder
-    rng = np.random.default_rng(1)
-    corpus = tmp_path / "corpus"
-    for s in range(4):
-        for u in range(3):
-            (corpus / f"spk{s}").mkdir(parents=True, exist_ok=True)
-            n = 4800 if (s, u) in ((0, 0), (3, 1)) else 16000  # 0.3 s: too short
-            sf.write(corpus / f"spk{s}" / f"u{u}.wav", 0.1 * rng.standard_normal(n).astype(np.float32), 16000)
+    corpus = write_corpus(tmp_path / "corpus", 4, 3, seed=1,  # 4800 samples = 0.3 s: too short
+                          samples=lambda s, u: 4800 if (s, u) in ((0, 0), (3, 1)) else 16000)
     data = tmp_path / "data"
     prepare_folder(corpus, data_root=str(data), name="c", test_fraction=0.5, audio_opts=AudioOptions(nj=1))
     listed, kept, trial_utts = {}, set(), set()

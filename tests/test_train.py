@@ -38,6 +38,23 @@ def run_train(tiny, tmp, config, *extra, exp_name="exp", check=True):
     return exp, rc
 
 
+def killed_after_epoch_1(monkeypatch, tiny, tmp, config, *extra, exp_name):
+    """Run ``run_train`` with a second epoch that raises (a kill after the epoch-1 checkpoint);
+    returns the run dir. The trainer is restored afterwards."""
+    original = Trainer.train_epoch
+
+    def dying(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt("killed")
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(tiny, tmp, config, *extra, exp_name=exp_name)
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    return Path(tmp) / exp_name
+
+
 def encoder_state(exp):
     return torch.load(Path(exp) / "final.pt", map_location="cpu", weights_only=True)["model"]
 
@@ -101,20 +118,9 @@ def test_resume_equals_uninterrupted(tiny_recipe, tmp_path, monkeypatch):
     full, _ = run_train(tiny_recipe, tmp_path, cfgname, *extra, exp_name="full")
 
     # "kill" a run after its first epoch checkpoint: the second epoch raises
-    original = Trainer.train_epoch
-
-    def dying(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt("killed")
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", dying)
-    with pytest.raises(KeyboardInterrupt):
-        run_train(tiny_recipe, tmp_path, cfgname, *extra, exp_name="killed")
-    killed = tmp_path / "killed"
+    killed = killed_after_epoch_1(monkeypatch, tiny_recipe, tmp_path, cfgname, *extra, exp_name="killed")
     assert [p.name for p in (killed / "checkpoints").glob("*.pt")] == ["epoch_001.pt"]
     assert not (killed / "final.pt").exists()
-    monkeypatch.setattr(Trainer, "train_epoch", original)
     # a damaged newest checkpoint (here: epoch 2 cut short) is skipped with a message naming it
     (killed / "checkpoints" / "epoch_002.pt").write_bytes(b"PK\x03\x04 cut short")
     # without --resume an unfinished run is refused, with it the run completes
@@ -297,18 +303,8 @@ def test_bf16_trains_like_fp32_and_resumes(tiny_recipe, tmp_path, monkeypatch):
     tol = 100 * 3 * (p * (1 - p) / n_target) ** 0.5
     assert abs(hb[-1]["valid_eer"] - ha[-1]["valid_eer"]) <= tol, (ha[-1]["valid_eer"], hb[-1]["valid_eer"], tol)
     # resume in bf16: killed after epoch 1, resumed, identical to the uninterrupted bf16 run
-    original = Trainer.train_epoch
-
-    def dying(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt("killed")
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", dying)
-    with pytest.raises(KeyboardInterrupt):
-        run_train(tiny_recipe, tmp_path, "thin_resnet34_angleproto.yaml", *extra, "train.precision=bf16",
-                  exp_name="bf16_killed")
-    monkeypatch.setattr(Trainer, "train_epoch", original)
+    killed_after_epoch_1(monkeypatch, tiny_recipe, tmp_path, "thin_resnet34_angleproto.yaml", *extra,
+                         "train.precision=bf16", exp_name="bf16_killed")
     killed, _ = run_train(tiny_recipe, tmp_path, "thin_resnet34_angleproto.yaml", *extra, "train.precision=bf16",
                           exp_name="bf16_killed")
     a, b = encoder_state(bf16), encoder_state(killed)
