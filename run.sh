@@ -37,6 +37,7 @@ train_opts=               # extra key=value overrides for every training run
 backends="cosine plda"    # back-ends scored in stage 5 (cosine cosine_mean plda asnorm), plus the system's protocol back-end
 lda_dim=200               # LDA dimension for PLDA (capped at #train speakers - 1)
 extract_mode=             # test protocol: full | crops | tta (default: each system's extract.mode)
+extract_precision=fp32    # stage 3 forward pass: fp32 (exact) | bf16 | auto (faster where native)
 exp=exp                   # experiment root: exp/<system>/
 force=false               # true: redo stages 0, 1, 3, 4, 5 even where their outputs are complete
 overwrite=false           # true: retrain the selected systems from scratch (stage 2 deletes exp/<system>)
@@ -130,12 +131,12 @@ if [[ $stage -le 3 && $stop_stage -ge 3 ]]; then
   for sys in $system_list; do
     # full-utterance embeddings of both sets (cosine, PLDA, AS-norm) ...
     for set in $train_set $test_set; do
-      steps/extract_embeddings.sh --nj "$nj" --cmd "$cpu_cmd" --force "$force" --mode full "$exp/$sys" "data/$set"
+      steps/extract_embeddings.sh --nj "$nj" --cmd "$cpu_cmd" --force "$force" --precision "$extract_precision" --mode full "$exp/$sys" "data/$set"
     done
     # ... and the test set under the system's own protocol (crops: seeds 000/002, tta: RawNet2)
     mode=$(protocol "$sys")
     if [[ $mode != full ]]; then
-      steps/extract_embeddings.sh --nj "$nj" --cmd "$cpu_cmd" --force "$force" --mode "$mode" "$exp/$sys" "data/$test_set"
+      steps/extract_embeddings.sh --nj "$nj" --cmd "$cpu_cmd" --force "$force" --precision "$extract_precision" --mode "$mode" "$exp/$sys" "data/$test_set"
     fi
   done
 fi

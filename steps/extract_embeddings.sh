@@ -11,6 +11,8 @@ cmd=steps/launch/local.sh
 mode=full
 device=auto
 force=false               # true: recompute even if the embeddings are complete
+precision=fp32            # fp32 | bf16 | auto: autocast of the forward pass (fp32: exact embeddings)
+batch_seconds=120         # full mode: padded audio per batch of similar-length utterances (0 = one at a time)
 . ./utils/parse_options.sh
 if [[ $# -ne 2 ]]; then
   echo "usage: $0 [--nj N] [--cmd CMD] [--mode full|crops|tta] <exp-dir> <data-dir>" >&2; exit 1
@@ -28,7 +30,8 @@ out=$exp/embeddings/$set_name
 # complete for this model (final.pt), data and protocol? (a changed input or option, a missing or
 # truncated output all mean "no", and the reason is printed)
 force_opt=(); [[ $force == true ]] && force_opt=(--force)
-if [[ $force != true ]] && python -m pysv.bin.extract --exp "$exp" --data "$data" --mode "$mode" --is-done; then
+common=(--exp "$exp" --data "$data" --mode "$mode" --precision "$precision")
+if [[ $force != true ]] && python -m pysv.bin.extract "${common[@]}" --is-done; then
   echo "$0: skipping"; exit 0
 fi
 nutt=$(wc -l < "$data/utt2spk")
@@ -37,7 +40,7 @@ threads=$(( $(nproc) / nj )); [[ $threads -lt 1 ]] && threads=1
 echo "$0: $exp on $data ($mode): $nutt utterances in $nj job(s); progress in $out/log/extract_$name.*.log"
 start_s=$SECONDS
 $cmd JOB=1:$nj "$out/log/extract_$name.JOB.log" \
-  python -m pysv.bin.extract --exp "$exp" --data "$data" --mode "$mode" --device "$device" \
+  python -m pysv.bin.extract "${common[@]}" --device "$device" --batch-seconds "$batch_seconds" \
     --threads "$threads" --job JOB --nj "$nj" ${force_opt[@]+"${force_opt[@]}"}
-python -m pysv.bin.extract --exp "$exp" --data "$data" --mode "$mode" --merge --nj "$nj" ${force_opt[@]+"${force_opt[@]}"}
+python -m pysv.bin.extract "${common[@]}" --merge --nj "$nj" ${force_opt[@]+"${force_opt[@]}"}
 echo "$0: $exp on $data ($mode): done in $((SECONDS - start_s)) s"

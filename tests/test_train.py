@@ -336,3 +336,27 @@ def test_compile_falls_back_to_eager_with_a_warning(tiny_recipe, tmp_path, monke
                        "model.hparams.feat_dim=40", "train.epochs=1", "train.compile=true")
     assert "train.compile: compilation failed (RuntimeError: no backend for this platform); training eagerly" \
         in (exp / "train.log").read_text()
+
+
+@pytest.mark.parametrize("name,shape,budget", [("thin_resnet34", (None, 40), 900), ("rawnet2", (None,), 90000)])
+def test_length_batched_extraction_equals_one_at_a_time(name, shape, budget):
+    # utterances of ragged lengths, read in windows, sorted and padded into batches with lengths:
+    # every embedding equals the one of the utterance alone (encoders mask padding)
+    from pysv import models
+    from pysv.embed import embed_utterances
+    torch.manual_seed(0)
+    kw = {"embed_dim": 32} if name == "thin_resnet34" else {"gru_dim": 64, "embed_dim": 32}
+    model = models.build(name, **kw)
+    rng = np.random.default_rng(0)
+    scale = 1 if name == "thin_resnet34" else 160
+    arrays = {f"u{i}": rng.standard_normal((int(rng.integers(120, 400)) * scale,) + shape[1:]).astype(np.float32)
+              for i in range(9)}
+    reader = arrays.__getitem__
+    one = embed_utterances(model, reader, sorted(arrays), "cpu")
+    batched = embed_utterances(model, reader, sorted(arrays), "cpu", batch_frames=budget, window=5)
+    for u in arrays:
+        np.testing.assert_allclose(batched[u], one[u], rtol=1e-4, atol=1e-4 * np.abs(one[u]).max())
+    if name == "thin_resnet34":  # bf16 autocast: close to fp32, not equal
+        half = embed_utterances(model, reader, sorted(arrays), "cpu", batch_frames=budget, precision="bf16")
+        cos = [float(half[u] @ one[u] / np.linalg.norm(half[u]) / np.linalg.norm(one[u])) for u in arrays]
+        assert min(cos) > 0.99 and max(abs(half[u] - one[u]).max() for u in arrays) > 0

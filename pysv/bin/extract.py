@@ -83,6 +83,12 @@ def main(argv=None) -> int:
     p.add_argument("--merge", action="store_true", help="merge the --nj parts")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--batch-seconds", type=float, default=120.0,
+                   help="full mode: batch utterances of similar length, at most this much padded audio per "
+                        "forward pass (0 = one utterance at a time; default 120)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
+                   help="autocast of the forward pass (default fp32: embeddings to float rounding; bf16 is "
+                        "faster where native and changes them by ~1e-2 relative)")
     p.add_argument("--is-done", action="store_true",
                    help="exit 0 if the embeddings are complete for this model, data and protocol, 3 otherwise "
                         "(prints why; computes nothing)")
@@ -108,7 +114,7 @@ def main(argv=None) -> int:
         if args.merge:
             return job.merge(args.nj)
         log.info("%s/%s.scp: computing (%s)", job.out, job.name, reason)
-        return job.run(args.job, args.nj, args.device)
+        return job.run(args.job, args.nj, args.device, args.batch_seconds)
     except DataError as e:
         log.error("%s", e)
         return 2
@@ -117,7 +123,7 @@ def main(argv=None) -> int:
 class Job:
     """One set's embeddings under one protocol: what they depend on and where they go."""
 
-    def __init__(self, exp: Path, data: Path, cfg: dict, proto: dict, model_epochs):
+    def __init__(self, exp: Path, data: Path, cfg: dict, proto: dict, model_epochs, precision: str = "fp32"):
         from pysv import models as model_lib
         from pysv.train.trainer import features_dir
         self.exp, self.data, self.cfg, self.proto = exp, data, cfg, proto
@@ -129,6 +135,7 @@ class Job:
         self.kind = model_lib.input_kind(cfg["model"]["name"])
         self.source = Path(features_dir(str(data), cfg["data"]["feature"]) if self.kind == "features" else data)
         self.model_epochs = model_epochs
+        self.precision = precision
         table = self.source / ("feats.scp" if self.kind == "features" else "wav.scp")
         protocol = {"mode": self.mode} if self.mode == "full" else dict(proto)
         if self.mode == "crops":
@@ -141,7 +148,8 @@ class Job:
                             # stage 1's marker holds its options' fingerprint: recomputed features with
                             # other options change it even where feats.scp reads the same
                             "features": stage.file_signature(self.source / ".done") if self.kind == "features" else None,
-                            "protocol": protocol}
+                            "protocol": protocol, "precision": precision}
+        # batching (--batch-seconds) changes the embeddings by float rounding only: not fingerprinted
 
     @classmethod
     def plan(cls, args) -> "Job":
@@ -157,14 +165,14 @@ class Job:
         cfg = checkpoint.config_from_state(state, final)
         proto = resolve_protocol(cfg, args.mode, args.crop_len, args.num_crops, args.overlap)
         epochs = state.get("averaged_epochs") or []
-        return cls(exp, data, cfg, proto, max(epochs) if epochs else None)
+        return cls(exp, data, cfg, proto, max(epochs) if epochs else None, getattr(args, "precision", "fp32"))
 
     def part_fingerprint(self, job: int, nj: int) -> dict:
         return {**self.fingerprint, "part": {"job": job, "nj": nj}}
 
-    def run(self, job: int, nj: int, device_name: str) -> int:
+    def run(self, job: int, nj: int, device_name: str, batch_seconds: float = 0.0) -> int:
         import torch
-        from pysv.embed import UtteranceReader, embed_utterances
+        from pysv.embed import UtteranceReader, embed_utterances, units_per_second
         from pysv.train.trainer import load_encoder
         part = f".{job}" if job else ""
         if job:
@@ -180,7 +188,8 @@ class Job:
         p = self.proto
         emb = embed_utterances(model, reader, utts, device, mode=self.mode, crop_len=p["crop_len"],
                                num_crops=p["num_crops"], overlap=p["overlap"], progress=True,
-                               desc=f"{self.exp.name}:{self.data.name}:{self.mode}")
+                               desc=f"{self.exp.name}:{self.data.name}:{self.mode}",
+                               batch_frames=int(units_per_second(self.cfg, self.kind) * batch_seconds), precision=self.precision)
         prefix = (self.split / f"{self.name}{part}") if job else (self.out / self.name)
         write_vectors(prefix, emb)
         if job:
