@@ -348,35 +348,53 @@ def apply_deltas(feats: np.ndarray, order: int = 2, window: int = 2) -> np.ndarr
     """Kaldi ``add-deltas``: ``[x, delta, delta-delta, ...]``; frames beyond the edges replicate the edge frame.
 
     Each block is Kaldi's regression window ``scales[i]`` (``delta_scales``) correlated along time with the
-    edge-replicated features (``mode="nearest"`` is exactly Kaldi's clamping of the frame index).
+    edge-replicated features (Kaldi's clamping of the frame index). numpy wrapper of :func:`deltas_torch`.
     """
-    from scipy.ndimage import correlate1d
+    import torch
     feats = np.asarray(feats, dtype=np.float32)
+    return deltas_torch(torch.from_numpy(feats)[None], order, window)[0].numpy()
+
+
+def deltas_torch(x, order: int = 2, window: int = 2):
+    """:func:`apply_deltas` on a batch ``[B, T, D]`` of equal-length feature tensors (any device);
+    accumulated in float64 as ``scipy.ndimage.correlate1d``, returned as float32."""
+    import torch
     if order == 0:
-        return feats
-    t, d = feats.shape
-    out = np.empty((t, d * (order + 1)), dtype=np.float32)
-    out[:, :d] = feats
-    for i, sc in enumerate(delta_scales(order, window)[1:], 1):
-        correlate1d(feats, sc, axis=0, output=out[:, i * d:(i + 1) * d], mode="nearest")
-    return out
+        return x
+    b, t, d = x.shape
+    rows = x.double().transpose(1, 2).reshape(b * d, 1, t)  # one row per (utterance, feature dim)
+    blocks = [x.float()]
+    for sc in delta_scales(order, window)[1:]:
+        half = len(sc) // 2
+        padded = torch.nn.functional.pad(rows, (half, half), mode="replicate")  # Kaldi's index clamping
+        kernel = torch.from_numpy(np.ascontiguousarray(sc)).to(rows.device).view(1, 1, -1)
+        y = torch.nn.functional.conv1d(padded, kernel)  # correlation, as scipy's correlate1d
+        blocks.append(y.view(b, d, t).transpose(1, 2).float())
+    return torch.cat(blocks, dim=2)
 
 
 def apply_cmvn(feats: np.ndarray, norm_vars: bool = False) -> np.ndarray:
     """Kaldi ``apply-cmvn`` with per-utterance stats (``compute-cmvn-stats`` on the utterance itself).
 
     Stats in float64; the offset/scale are applied in float32, as Kaldi's ``ApplyCmvn`` does.
+    numpy wrapper of :func:`cmvn_torch`.
     """
+    import torch
     x = np.asarray(feats, dtype=np.float32)
-    count = x.shape[0]
-    mean = x.sum(0, dtype=np.float64) / count
+    return cmvn_torch(torch.from_numpy(x)[None], norm_vars)[0].numpy()
+
+
+def cmvn_torch(x, norm_vars: bool = False):
+    """:func:`apply_cmvn` on a batch ``[B, T, D]`` (each row normalised with its own stats)."""
+    import torch
+    count = x.shape[1]
+    xf = x.float()
+    mean = x.double().sum(1, keepdim=True) / count
     if not norm_vars:
-        return x - mean.astype(np.float32)
-    var = np.maximum(np.square(x, dtype=np.float64).sum(0) / count - mean * mean, 1.0e-20)
-    scale = 1.0 / np.sqrt(var)
-    out = x * scale.astype(np.float32)
-    out += (-mean * scale).astype(np.float32)
-    return out
+        return xf - mean.float()
+    var = torch.clamp(x.double().square().sum(1, keepdim=True) / count - mean * mean, min=1.0e-20)
+    scale = 1.0 / torch.sqrt(var)
+    return xf * scale.float() + (-mean * scale).float()
 
 
 def _sliding_windows(t: int, window: int, center: bool, min_window: int):
@@ -401,38 +419,41 @@ def _sliding_windows(t: int, window: int, center: bool, min_window: int):
 
 def apply_sliding_cmvn(feats: np.ndarray, window: int = 600, center: bool = False, min_window: int = 100,
                        norm_vars: bool = False) -> np.ndarray:
-    """Kaldi ``apply-cmvn-sliding`` (``SlidingWindowCmnInternal``), vectorized with float64 cumulative sums."""
+    """Kaldi ``apply-cmvn-sliding`` (``SlidingWindowCmnInternal``), vectorized with float64 cumulative
+    sums; numpy wrapper of :func:`sliding_cmvn_torch`."""
+    import torch
     x = np.asarray(feats, dtype=np.float32)
-    t = x.shape[0]
-    if t == 0:
+    if x.shape[0] == 0:
         return x.copy()
-    start, end = _sliding_windows(t, window, center, min_window)
-    if start.max() == 0 and end.min() == t:  # every frame's window is the whole utterance
-        mean = x.sum(0, dtype=np.float64) / t
-        out = x - mean
+    return sliding_cmvn_torch(torch.from_numpy(x)[None], window, center, min_window, norm_vars)[0].numpy()
+
+
+def sliding_cmvn_torch(x, window: int = 600, center: bool = False, min_window: int = 100, norm_vars: bool = False):
+    """:func:`apply_sliding_cmvn` on a batch ``[B, T, D]`` of equal-length feature tensors."""
+    import torch
+    t = x.shape[1]
+    start_np, end_np = _sliding_windows(t, window, center, min_window)
+    xd = x.double()
+    if start_np.max() == 0 and end_np.min() == t:  # every frame's window is the whole utterance
+        mean = xd.sum(1, keepdim=True) / t
+        out = xd - mean
         if norm_vars:
             if t == 1:
-                return np.zeros_like(x)
-            var = np.maximum(np.square(x, dtype=np.float64).sum(0) / t - mean * mean, 1.0e-10)
-            out /= np.sqrt(var)
-        return out.astype(np.float32)
-    n = (end - start).astype(np.float64)[:, None]
-    cs = np.zeros((t + 1, x.shape[1]))
-    np.cumsum(x, axis=0, dtype=np.float64, out=cs[1:])
-    mean = cs[end]
-    mean -= cs[start]
-    mean /= n
-    out = x - mean
+                return torch.zeros_like(x, dtype=torch.float32)
+            var = torch.clamp(xd.square().sum(1, keepdim=True) / t - mean * mean, min=1.0e-10)
+            out = out / torch.sqrt(var)
+        return out.float()
+    start, end = torch.from_numpy(start_np).to(x.device), torch.from_numpy(end_np).to(x.device)
+    n = (end - start).to(torch.float64)[None, :, None]
+    cs = torch.nn.functional.pad(torch.cumsum(xd, dim=1), (0, 0, 1, 0))  # [B, T + 1, D]
+    mean = (cs.index_select(1, end) - cs.index_select(1, start)) / n
+    out = xd - mean
     if norm_vars:
-        np.cumsum(np.square(x, dtype=np.float64), axis=0, out=cs[1:])
-        var = cs[end]
-        var -= cs[start]
-        var /= n
-        var -= mean * mean
-        np.maximum(var, 1.0e-10, out=var)
-        out /= np.sqrt(var)
-        out[n[:, 0] == 1] = 0.0
-    return out.astype(np.float32)
+        cs2 = torch.nn.functional.pad(torch.cumsum(xd * xd, dim=1), (0, 0, 1, 0))
+        var = (cs2.index_select(1, end) - cs2.index_select(1, start)) / n - mean * mean
+        out = out / torch.sqrt(torch.clamp(var, min=1.0e-10))
+        out = out.masked_fill((n == 1).expand_as(out), 0.0)
+    return out.float()
 
 
 # --------------------------------------------------------------------------------------------
@@ -562,26 +583,64 @@ class FeatureExtractor:
     def compute_base(self, x: np.ndarray, seed: Optional[int] = None) -> np.ndarray:
         """Kaldi fbank / MFCC of prepared samples, before deltas and CMVN: float32 ``[frames, base_dim]``."""
         import torch
+        w = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None]
+        return self.base_torch(self._dithered(w, seed))[0].numpy()
+
+    def postprocess(self, base: np.ndarray) -> np.ndarray:
+        """Deltas (``add-deltas``) then CMVN (``apply-cmvn`` per utterance or ``apply-cmvn-sliding``)."""
+        import torch
+        feats = torch.from_numpy(np.ascontiguousarray(base, dtype=np.float32))[None]
+        return np.ascontiguousarray(self.postprocess_torch(feats)[0].numpy(), dtype=np.float32)
+
+    # -- the batched torch definition (stage 1, on-device training front end, export) ----------
+    def batch(self, w, generator=None):
+        """Features of a batch of equal-length waveforms ``w`` ``[B, samples]`` (float32 in [-1, 1],
+        at ``self.sample_rate``, on any device): ``[B, frames, dim]`` on the same device -- the same
+        computation as ``__call__`` on each row (which validates its input; this does not). Dither,
+        when configured, draws from ``generator`` (a CPU ``torch.Generator``; default the
+        extractor's own)."""
+        return self.postprocess_torch(self.base_torch(self._dithered(w, None, generator)))
+
+    def _dithered(self, w, seed: Optional[int] = None, generator=None):
+        import torch
+        dither = self.config["dither"]
+        if dither == 0.0:
+            return w
+        # Kaldi draws N(0, dither^2) noise (int16 units) for every sample of every frame copy; we add it once
+        # to the waveform: every frame sees the same noise distribution, at 40 % of the RNG cost.
+        gen = generator if generator is not None else (
+            self._gen if seed is None else torch.Generator().manual_seed(int(seed)))
+        noise = torch.randn(w.shape, generator=gen, dtype=torch.float32).to(w.device)
+        return torch.add(w, noise, alpha=dither / self.config["input_scale"])
+
+    def _constants(self, device):
+        """The window, mel and DCT matrices on ``device`` (cached per device)."""
+        cache = self.__dict__.setdefault("_device_constants", {})
+        key = str(device)
+        if key not in cache:
+            names = ["_win", "_win0", "_mel", "_mel2"] + (["_dct"] if self.type == "mfcc" else [])
+            cache[key] = {n: getattr(self, n).to(device) for n in names}
+        return cache[key]
+
+    def base_torch(self, w):
+        """Kaldi fbank / MFCC of ``[B, samples]`` waveforms, before deltas and CMVN: ``[B, frames, base_dim]``."""
+        import torch
         cfg = self.config
         L, S, P = self.frame_length_samples, self.frame_shift_samples, self.padded_window
-        n = x.size
+        B, n = w.shape
         T = self.num_frames(n)
-        w = torch.from_numpy(x)
-        if cfg["dither"] != 0.0:
-            # Kaldi draws N(0, dither^2) noise (int16 units) for every sample of every frame copy; we add it once
-            # to the waveform: every frame sees the same noise distribution, at 40 % of the RNG cost.
-            gen = self._gen if seed is None else torch.Generator().manual_seed(int(seed))
-            noise = torch.randn(n, generator=gen, dtype=torch.float32)
-            w = torch.add(w, noise, alpha=cfg["dither"] / cfg["input_scale"])
+        k = self._constants(w.device)
         if cfg["snip_edges"]:
-            frames = w.unfold(0, L, S)[:T]
+            frames = w.unfold(1, L, S)[:, :T]
         else:
             first = S // 2 - L // 2  # first sample of frame 0; out-of-range samples are reflected
-            left = max(0, -first)
-            right = max(0, (T - 1) * S + first + L - n)
-            if left or right:
-                w = torch.from_numpy(np.pad(w.numpy(), (left, right), mode="symmetric"))
-            frames = w[first + left:].unfold(0, L, S)[:T]
+            idx = torch.arange(first, (T - 1) * S + first + L, device=w.device)
+            # numpy's "symmetric" reflection (the edge sample repeated), as Kaldi's ExtractWindow
+            idx = torch.where(idx < 0, -idx - 1, idx)
+            idx = torch.where(idx >= n, 2 * n - 1 - idx, idx)
+            frames = w.index_select(1, idx).unfold(1, L, S)[:, :T]
+        # every frame of every row as one [B * T, L] matrix (a view for B = 1): 2-D ops and matmuls
+        frames = frames.reshape(B * T, L)
         c = cfg["preemphasis_coefficient"]
         mean = frames.mean(dim=1, keepdim=True) if cfg["remove_dc_offset"] else None
         want_energy = cfg["use_energy"]
@@ -591,8 +650,8 @@ class FeatureExtractor:
             e = centered.square().sum(dim=1).mul_(cfg["input_scale"] ** 2)
             raw_log_energy = e.clamp_min_(FLOAT_EPS).log_()
         # Pre-emphasis of DC-removed frames:  y[i] = (x[i] - m) - c (x[i-1] - m) = x[i] - c x[i-1] - (1 - c) m,
-        # y[0] = (1 - c) (x[0] - m); then the window. Written straight into one [T, L] buffer.
-        buf = torch.empty((T, L), dtype=torch.float32)
+        # y[0] = (1 - c) (x[0] - m); then the window. Written straight into one [B * T, L] buffer.
+        buf = torch.empty((B * T, L), dtype=torch.float32, device=w.device)
         body = buf[:, 1:]
         if c != 0.0:
             torch.sub(frames[:, 1:], frames[:, :-1], alpha=c, out=body)
@@ -603,23 +662,23 @@ class FeatureExtractor:
             buf[:, :1] = frames[:, :1] - mean
         else:
             buf[:, :1] = frames[:, :1]
-        body.mul_(self._win[1:])
-        buf[:, :1].mul_(self._win0)
+        body.mul_(k["_win"][1:])
+        buf[:, :1].mul_(k["_win0"])
         if want_energy and not cfg["raw_energy"]:
             raw_log_energy = buf.square().sum(dim=1).clamp_min_(FLOAT_EPS).log_()
         spec = torch.fft.rfft(buf, n=P, dim=1)  # zero-padded to the power-of-two window
-        ri = torch.view_as_real(spec).reshape(T, -1)
+        ri = torch.view_as_real(spec).reshape(B * T, -1)
         if self.type == "fbank" and not cfg["use_power"]:
-            power = ri.square_().reshape(T, -1, 2).sum(-1).sqrt_()
-            mel = power @ self._mel
+            power = ri.square_().reshape(B * T, -1, 2).sum(-1).sqrt_()
+            mel = power @ k["_mel"]
         else:
-            mel = ri.square_() @ self._mel2
+            mel = ri.square_() @ k["_mel2"]
         if self.type == "fbank":
             if cfg["use_log_fbank"]:
                 mel = mel.clamp_min_(FLOAT_EPS).log_()
             out = mel
         else:
-            out = mel.clamp_min_(FLOAT_EPS).log_() @ self._dct
+            out = mel.clamp_min_(FLOAT_EPS).log_() @ k["_dct"]
         if want_energy:
             if self._log_energy_floor is not None:
                 raw_log_energy = raw_log_energy.clamp_min_(self._log_energy_floor)
@@ -627,20 +686,19 @@ class FeatureExtractor:
                 out = torch.cat([raw_log_energy[:, None], out], dim=1)
             else:
                 out[:, 0] = raw_log_energy
-        return out.numpy()
+        return out.reshape(B, T, -1)
 
-    def postprocess(self, base: np.ndarray) -> np.ndarray:
-        """Deltas (``add-deltas``) then CMVN (``apply-cmvn`` per utterance or ``apply-cmvn-sliding``)."""
+    def postprocess_torch(self, feats):
+        """Deltas then CMVN of a batch ``[B, frames, base_dim]`` (see :meth:`postprocess`)."""
         cfg = self.config
-        feats = base
         if cfg["delta_order"] > 0:
-            feats = apply_deltas(feats, cfg["delta_order"], cfg["delta_window"])
+            feats = deltas_torch(feats, cfg["delta_order"], cfg["delta_window"])
         if cfg["cmvn"] == "utterance":
-            feats = apply_cmvn(feats, cfg["cmvn_norm_vars"])
+            feats = cmvn_torch(feats, cfg["cmvn_norm_vars"])
         elif cfg["cmvn"] == "sliding":
-            feats = apply_sliding_cmvn(feats, cfg["cmvn_window"], cfg["cmvn_center"], cfg["cmvn_min_window"],
+            feats = sliding_cmvn_torch(feats, cfg["cmvn_window"], cfg["cmvn_center"], cfg["cmvn_min_window"],
                                        cfg["cmvn_norm_vars"])
-        return np.ascontiguousarray(feats, dtype=np.float32)
+        return feats
 
 
 def build(name_or_yaml_path: Union[str, Path, Mapping[str, Any]] = "fbank40", **overrides) -> FeatureExtractor:

@@ -445,3 +445,23 @@ def test_extractor_rejects_bad_arrays():
     np.testing.assert_array_equal(features.build("fbank40", dither=0.0, channel=1)(np.stack([x * 0.5, x], 1), SR),
                                   ext(x, SR))
     assert features.build("fbank40", resample="resample")(make_audio(1.0, sr=8000), 8000).shape == (98, 40)
+
+
+@pytest.mark.parametrize("name,extra", [("fbank40", {}), ("fbank64", {}), ("mfcc30", {}),
+                                        ("fbank40", {"snip_edges": False}), ("mfcc30", {"cmvn": "sliding"})])
+def test_batched_torch_front_end_equals_per_utterance(name, extra):
+    # FeatureExtractor.batch is the one torch definition (stage 1 runs it on one row); a batch of
+    # equal-length crops gives each row's features
+    import torch
+    fe = features.build(name, dither=0.0, **extra)
+    rng = np.random.default_rng(3)
+    w = (0.1 * rng.standard_normal((3, 24000))).astype(np.float32)
+    batch = fe.batch(torch.from_numpy(w)).numpy()
+    assert batch.shape == (3, fe.num_frames(24000), fe.dim)
+    for row in range(3):
+        np.testing.assert_allclose(batch[row], fe(w[row], 16000), rtol=1e-5, atol=1e-5)
+    # dither draws from the generator it is given: reproducible
+    fd = features.build(name, **extra)
+    a = fd.batch(torch.from_numpy(w), generator=torch.Generator().manual_seed(1))
+    b = fd.batch(torch.from_numpy(w), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and not torch.equal(a, torch.from_numpy(batch))
