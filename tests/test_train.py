@@ -360,3 +360,27 @@ def test_length_batched_extraction_equals_one_at_a_time(name, shape, budget):
         half = embed_utterances(model, reader, sorted(arrays), "cpu", batch_frames=budget, precision="bf16")
         cos = [float(half[u] @ one[u] / np.linalg.norm(half[u]) / np.linalg.norm(one[u])) for u in arrays]
         assert min(cos) > 0.99 and max(abs(half[u] - one[u]).max() for u in arrays) > 0
+
+
+def test_device_front_end_gives_the_worker_features_and_trains(tiny_recipe, tmp_path):
+    # front_end=device: the loader yields waveform crops, the trainer computes the same Kaldi
+    # features batched on the device (dither off to compare exactly)
+    base = [f"data.train={tiny_recipe['train']}", *FAST, "data.on_the_fly_features=true",
+            "data.feature_overrides={dither: 0.0}"]
+    conf = str(REPO / "conf" / "thin_resnet34_angleproto.yaml")
+    trainers = {}
+    for fe in ("worker", "device"):
+        t = Trainer(load_config(conf, base + [f"data.front_end={fe}"]), str(tmp_path / fe), DistInfo(), progress=False)
+        t.build()
+        t.sampler.set_epoch(1)
+        t.train_set.set_epoch(1)
+        trainers[fe] = next(iter(t.loader))
+    (xw, yw), (xd, yd) = trainers["worker"], trainers["device"]
+    assert xw.dim() == 3 and xd.dim() == 2 and torch.equal(yw, yd)
+    t_dev = Trainer(load_config(conf, base + ["data.front_end=device"]), str(tmp_path / "d2"), DistInfo(),
+                    progress=False)
+    t_dev.build()
+    np.testing.assert_allclose(t_dev.device_features(xd, 1).numpy(), xw.numpy(), rtol=1e-4, atol=1e-4)
+    exp, _ = run_train(tiny_recipe, tmp_path, "thin_resnet34_angleproto.yaml", "train.epochs=1",
+                       "data.on_the_fly_features=true", "data.front_end=device", exp_name="dev_run")
+    assert json.loads((exp / "history.json").read_text())[0]["loss"] > 0

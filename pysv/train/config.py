@@ -24,6 +24,7 @@ DEFAULTS: Dict[str, Any] = {
         "feature": "fbank40",         # fbank40 | fbank64 | mfcc30 | null (raw waveform systems)
         "feature_overrides": {},      # options for on-the-fly features (used with augmentation)
         "on_the_fly_features": False, # compute features from audio in the loader (needed for waveform augmentation)
+        "front_end": "worker",        # on-the-fly features: in the loader workers | on the training device, batched
         "crop": 200,                  # training crop: frames (features) or samples (waveform)
         "augment": None,              # waveform augmentation (pysv.data.augment.build_augmentor), null = off
         "spec_augment": None,         # SpecAugment on features, null = off
@@ -196,6 +197,7 @@ def check_values(cfg: Dict[str, Any]) -> None:
         "scheduler.name": ("plateau", "step", "none"),
         "extract.mode": EXTRACT_MODES,
         "train.precision": ("auto", "fp32", "bf16", "fp16"),
+        "data.front_end": ("worker", "device"),
     }
     flat = _flatten(cfg)
     for key, allowed in choices.items():

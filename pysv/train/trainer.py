@@ -200,6 +200,7 @@ class Trainer:
         train_dir = dcfg["train"]
         on_the_fly = self.input_kind == "waveform" or dcfg["on_the_fly_features"] or dcfg["augment"]
         self.feature_extractor = None
+        self.device_front = None
         if self.input_kind == "features":
             from pysv import features
             self.feature_extractor = features.build(dcfg["feature"], **(dcfg["feature_overrides"] or {}))
@@ -209,9 +210,14 @@ class Trainer:
                 if dcfg["augment"] else None
             crop_samples = dcfg["crop"] if self.input_kind == "waveform" else \
                 self._frames_to_samples(dcfg["crop"])
+            # front_end "device": the workers read (and augment) waveform crops only; features and
+            # SpecAugment run batched on the training device (device_features)
+            on_device = self.input_kind == "features" and dcfg["front_end"] == "device"
+            self.device_front = (self.feature_extractor, spec_aug) if on_device else None
             base = ds.WaveformCropDataset(train_dir, crop_samples, augment=augment, seed=cfg["seed"],
-                                          feature_extractor=self.feature_extractor if self.input_kind == "features" else None,
-                                          spec_augment=spec_aug)
+                                          feature_extractor=self.feature_extractor
+                                          if self.input_kind == "features" and not on_device else None,
+                                          spec_augment=None if on_device else spec_aug)
             self.eval_dir = train_dir
         else:
             fdir = features_dir(train_dir, dcfg["feature"])
@@ -364,6 +370,8 @@ class Trainer:
         for step, (x, y) in enumerate(bar, 1):
             x = x.to(dev, non_blocking=True)
             y = y.to(dev, non_blocking=True)
+            if self.device_front is not None:
+                x = self.device_features(x, epoch)
             loss, acc = self.train_step(x, y, epoch, step)
             loss_sum += loss.detach().double()
             if acc is not None:
@@ -390,6 +398,21 @@ class Trainer:
         if n_acc:
             stats["accuracy"] = 100.0 * acc_sum.item() / n_acc
         return stats
+
+    def device_features(self, waveforms: torch.Tensor, epoch: int) -> torch.Tensor:
+        """Kaldi features (``FeatureExtractor.batch``, the same definition as stage 1) and
+        SpecAugment of a batch of waveform crops, on the training device. Dither and masks draw
+        from generators seeded by (seed, epoch), so a resumed epoch repeats them."""
+        fe, spec_aug = self.device_front
+        if getattr(self, "_front_epoch", None) != epoch:
+            self._front_epoch = epoch
+            self._dither_gen = torch.Generator().manual_seed(self.cfg["seed"] * 1_000_003 + epoch)
+            self._mask_rng = np.random.default_rng([self.cfg["seed"], epoch, 7])
+        with torch.no_grad():
+            feats = fe.batch(waveforms.float(), generator=self._dither_gen)
+            if spec_aug is not None:
+                feats = spec_aug(feats, self._mask_rng)
+        return feats
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int = 0, step: int = 0):
         """One optimiser step on a batch (on the device): forward under the run's precision,

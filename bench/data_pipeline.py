@@ -1,0 +1,71 @@
+"""The training front end: per-item features in loader workers against batched features on a device.
+
+    python bench/data_pipeline.py [--device auto|cpu|cuda] [--batch 128] [--crop-seconds 2] [--rounds 5]
+                                  [--features fbank40,fbank64,mfcc30]
+
+For each feature config it alternates, round by round, the worker path (``FeatureExtractor`` called
+on one crop at a time, as ``data.front_end: worker`` does in each DataLoader worker; measured here
+in one process = one worker) and the device path (``FeatureExtractor.batch`` on a batch of crops on
+``--device``, as ``data.front_end: device`` does in the trainer), both with the config's dither, and
+prints crops/s (median over rounds) and the ratio. The batched path's crops/s on a GPU is the figure
+to compare with the 2,000 two-second crops/s a GPU training step consumes. Waveform augmentation
+(noise, music, babble, reverberation) still runs per item in the workers in both paths.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--crop-seconds", type=float, default=2.0)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--features", default="fbank40,fbank64,mfcc30")
+    args = p.parse_args()
+    from pysv import features
+
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    n = int(args.crop_seconds * 16000)
+    rng = np.random.default_rng(0)
+    crops = (0.1 * rng.standard_normal((args.batch, n))).astype(np.float32)
+    on_device = torch.from_numpy(crops).to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    print(f"device {device}, torch threads {torch.get_num_threads()}, batch {args.batch} crops of "
+          f"{args.crop_seconds:g} s, {args.rounds} alternating rounds")
+    print("| features | worker path crops/s (1 worker) | device path crops/s (batched) | ratio |")
+    print("| --- | ---: | ---: | ---: |")
+    for name in args.features.split(","):
+        fe = features.build(name)
+        gen = torch.Generator().manual_seed(0)
+        fe(crops[0], 16000)
+        fe.batch(on_device, generator=gen)
+        sync()
+        per_item, batched = [], []
+        for _ in range(args.rounds):
+            t0 = time.perf_counter()
+            for row in crops[: max(8, args.batch // 4)]:
+                fe(row, 16000)
+            per_item.append(max(8, args.batch // 4) / (time.perf_counter() - t0))
+            sync()
+            t0 = time.perf_counter()
+            fe.batch(on_device, generator=gen)
+            sync()
+            batched.append(args.batch / (time.perf_counter() - t0))
+        a, b = float(np.median(per_item)), float(np.median(batched))
+        print(f"| {name} | {a:.0f} | {b:.0f} | {b / a:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
