@@ -23,8 +23,10 @@ through a DataLoader with workers, the system's sampler, encoder + loss, optimiz
 small generated corpus, and times ``steps`` optimizer steps after one warm-up step. In the same process
 it times the same steps on batches already in memory (the compute-only reference); the ratio
 ``pipeline / compute`` (≈ 1.0 when data loading keeps up, < 1 when the loader is the bottleneck) and the
-share of step time spent waiting for the loader are printed. On CUDA it also reports GPU utilisation
-when the driver exposes it (``torch.cuda.utilization``; needs pynvml).
+share of step time spent waiting for the loader are printed, with the FLOPs of one training step per
+sample (``torch.utils.flop_counter``: matmuls and convolutions of forward + backward). On CUDA it also
+prints the peak GPU memory and the model FLOPs utilisation (compute-only samples/s x FLOPs/sample over
+the device's dense peak at the run's precision: ``--peak-tflops`` or a table of common GPUs).
 """
 from __future__ import annotations
 
@@ -69,6 +71,28 @@ def make_corpus(root: Path, num_spk: int, utts: int, seconds: float) -> Path:
     (data / "spk2utt").write_text("".join(f"{s} {' '.join(v)}\n" for s, v in sorted(spk2utt.items())))
     (data / "utt2dur").write_text("".join(f"{l.split()[0]} {seconds}\n" for l in u2s))
     return data
+
+
+#: dense peak TFLOPS by precision for GPU names (spec sheets), used for the model FLOPs utilisation
+PEAK_TFLOPS_BY_NAME = ("H200", "H100", "A100", "L4", "A10")
+PEAK_TFLOPS = {"bf16": {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0},
+               "fp16": {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0},
+               "fp32": {"H200": 67.0, "H100": 67.0, "A100": 19.5, "L4": 30.0, "A10": 31.0}}
+
+
+def step_flops(trainer, x, y) -> float:
+    """FLOPs of one training step (forward + backward of encoder and loss), counted by
+    ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions; elementwise ops are
+    not counted, so MFU is a lower bound of the arithmetic done)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    net = trainer.ddp
+    net.train()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss, _ = net(x, y)
+        loss.backward()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
 
 
 def run_steps(trainer, batches, steps, device):
@@ -250,6 +274,9 @@ def main():
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--systems", default=",".join(SYSTEMS))
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--peak-tflops", type=float, default=0.0,
+                   help="CUDA: the device's dense peak TFLOPS at the run's precision, for MFU (default: "
+                        "a table of common GPUs)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -271,8 +298,9 @@ def main():
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else os.cpu_count()} "
           f"{'GPU' if device.type == 'cuda' else 'CPU cores'}), torch threads {torch.get_num_threads()}, "
           f"batch {args.batch}, {args.steps} timed steps, {args.workers} loader workers")
-    print("| system | input per sample | params | pipeline samples/s | compute-only samples/s | pipeline/compute | loader wait |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| system | input per sample | params | GFLOP/sample (train step) | pipeline samples/s | "
+          "compute-only samples/s | pipeline/compute | loader wait |" + (" peak GPU memory | MFU |" if device.type == "cuda" else ""))
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if device.type == "cuda" else ""))
     for system in args.systems.split(","):
         cfg = load_config(str(REPO / "conf" / f"{system}.yaml"), [
             f"data.train={data}", f"sampler.batch_size={args.batch}", f"data.num_workers={args.workers}",
@@ -289,16 +317,17 @@ def main():
         pipe, wait = run_steps(trainer, loader_iter, min(args.steps, len(trainer.loader) - 1), device)
         cached = [next(iter(trainer.loader))] * args.steps
         comp, _ = run_steps(trainer, iter(cached), args.steps, device)
-        util = ""
+        x, y = cached[0]
+        flops = step_flops(trainer, x.to(device), y.to(device)) / x.shape[0]
+        gpu = ""
         if device.type == "cuda":
-            try:
-                util = f", GPU util {torch.cuda.utilization(device)} %"
-            except Exception:
-                util = ""
-        x, _ = cached[0]
+            peak = args.peak_tflops or PEAK_TFLOPS.get(trainer.precision, {}).get(
+                next((k for k in PEAK_TFLOPS_BY_NAME if k in torch.cuda.get_device_name(device)), ""), None)
+            mfu = f"{100 * flops * comp / (peak * 1e12):.1f} %" if peak else "n/a (give --peak-tflops)"
+            gpu = f" {torch.cuda.max_memory_allocated(device) / 2 ** 30:.2f} GiB | {mfu} |"
         shape = "×".join(str(d) for d in x.shape[1:])
-        print(f"| {system} | {shape} | {trainer.num_params / 1e6:.2f} M | {pipe:.1f} | {comp:.1f} | "
-              f"{pipe / comp:.2f} | {100 * wait:.0f} %{util} |", flush=True)
+        print(f"| {system} | {shape} | {trainer.num_params / 1e6:.2f} M | {flops / 1e9:.2f} | {pipe:.1f} | {comp:.1f} | "
+              f"{pipe / comp:.2f} | {100 * wait:.0f} % |{gpu}", flush=True)
 
 
 if __name__ == "__main__":

@@ -131,6 +131,12 @@ def embed_utterances(model: torch.nn.Module, reader: UtteranceReader, utts: Iter
     return out
 
 
+def default_batch_seconds(device) -> float:
+    """Padded audio per length-sorted batch: 120 s on CUDA; 0 (one utterance at a time) on a CPU,
+    where padded batches measured slower (bench/extraction.py, RESULTS.md)."""
+    return 120.0 if torch.device(device).type == "cuda" else 0.0
+
+
 def units_per_second(cfg: dict, input_kind: str) -> int:
     """Frames (feature encoders) or samples (waveform encoders) per second of audio for a system's
     resolved config: what ``batch_frames`` counts."""

@@ -12,7 +12,8 @@ mode=full
 device=auto
 force=false               # true: recompute even if the embeddings are complete
 precision=fp32            # fp32 | bf16 | auto: autocast of the forward pass (fp32: exact embeddings)
-batch_seconds=120         # full mode: padded audio per batch of similar-length utterances (0 = one at a time)
+batch_seconds=            # full mode: padded audio per batch of similar-length utterances (0 = one at a time;
+                          # default: 120 on CUDA, 0 on CPU)
 . ./utils/parse_options.sh
 if [[ $# -ne 2 ]]; then
   echo "usage: $0 [--nj N] [--cmd CMD] [--mode full|crops|tta] <exp-dir> <data-dir>" >&2; exit 1
@@ -40,7 +41,7 @@ threads=$(( $(nproc) / nj )); [[ $threads -lt 1 ]] && threads=1
 echo "$0: $exp on $data ($mode): $nutt utterances in $nj job(s); progress in $out/log/extract_$name.*.log"
 start_s=$SECONDS
 $cmd JOB=1:$nj "$out/log/extract_$name.JOB.log" \
-  python -m pysv.bin.extract "${common[@]}" --device "$device" --batch-seconds "$batch_seconds" \
+  python -m pysv.bin.extract "${common[@]}" --device "$device" ${batch_seconds:+--batch-seconds "$batch_seconds"} \
     --threads "$threads" --job JOB --nj "$nj" ${force_opt[@]+"${force_opt[@]}"}
 python -m pysv.bin.extract "${common[@]}" --merge --nj "$nj" ${force_opt[@]+"${force_opt[@]}"}
 echo "$0: $exp on $data ($mode): done in $((SECONDS - start_s)) s"

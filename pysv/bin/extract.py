@@ -83,9 +83,10 @@ def main(argv=None) -> int:
     p.add_argument("--merge", action="store_true", help="merge the --nj parts")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--batch-seconds", type=float, default=120.0,
+    p.add_argument("--batch-seconds", type=float, default=None,
                    help="full mode: batch utterances of similar length, at most this much padded audio per "
-                        "forward pass (0 = one utterance at a time; default 120)")
+                        "forward pass (0 = one utterance at a time; default: 120 on CUDA, 0 on CPU, where "
+                        "padded batches measured slower than one utterance at a time: bench/extraction.py)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
                    help="autocast of the forward pass (default fp32: embeddings to float rounding; bf16 is "
                         "faster where native and changes them by ~1e-2 relative)")
@@ -170,9 +171,9 @@ class Job:
     def part_fingerprint(self, job: int, nj: int) -> dict:
         return {**self.fingerprint, "part": {"job": job, "nj": nj}}
 
-    def run(self, job: int, nj: int, device_name: str, batch_seconds: float = 0.0) -> int:
+    def run(self, job: int, nj: int, device_name: str, batch_seconds=None) -> int:
         import torch
-        from pysv.embed import UtteranceReader, embed_utterances, units_per_second
+        from pysv.embed import UtteranceReader, default_batch_seconds, embed_utterances, units_per_second
         from pysv.train.trainer import load_encoder
         part = f".{job}" if job else ""
         if job:
@@ -183,6 +184,8 @@ class Job:
         device = torch.device("cuda" if device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
                               else "cpu")
         model, _ = load_encoder(self.exp, device)
+        if batch_seconds is None:
+            batch_seconds = default_batch_seconds(device)
         reader = UtteranceReader(self.source, kind=self.kind)
         utts = split_utts(reader.utts, nj, job) if job else reader.utts
         p = self.proto

@@ -33,10 +33,6 @@ from pysv.utils.io import DataError, atomic_write, mark_complete
 log = logging.getLogger("pysv.train")
 
 
-#: per-epoch validation embeds utterances in length-sorted batches of at most this much padded audio
-VALID_BATCH_SECONDS = 120
-
-
 class NonFiniteLossError(RuntimeError):
     pass
 
@@ -456,7 +452,8 @@ class Trainer:
     def validate(self) -> Optional[float]:
         if not self.valid_trials:
             return None
-        from pysv.embed import UtteranceReader, cosine_trial_scores, embed_utterances, units_per_second
+        from pysv.embed import (UtteranceReader, cosine_trial_scores, default_batch_seconds, embed_utterances,
+                                units_per_second)
         from pysv.metrics import compute_eer
         if not self.dist.is_main:
             return None
@@ -467,7 +464,8 @@ class Trainer:
         utts = sorted({u for a, b, _ in self.valid_trials for u in (a, b)})
         emb = embed_utterances(self.net.encoder, reader, utts, self.device, mode="full",
                                progress=self.progress, desc=f"validation ({len(utts)} utterances)",
-                               batch_frames=VALID_BATCH_SECONDS * units_per_second(self.cfg, self.input_kind))
+                               batch_frames=int(default_batch_seconds(self.device)
+                                                * units_per_second(self.cfg, self.input_kind)))
         scores = cosine_trial_scores(emb, self.valid_trials)
         labels = np.array([t[2] for t in self.valid_trials])
         eer, _ = compute_eer(scores, labels)
