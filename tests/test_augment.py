@@ -308,3 +308,28 @@ def test_category_from_sibling_supervisions_or_cuts(tmp_path):
     for name in ("musan_recordings.jsonl.gz", "musan_cuts.jsonl.gz"):
         got = {a.id: a.category for a in load_audio_list(man / name)}
         assert got == {"dishes": "noise", "brahms": "music"}
+
+
+def test_batched_device_augmentation_equals_the_worker_path(corpus):
+    # one plan per crop (the same random draws and reads as aug(x, rng)); apply (numpy, per item)
+    # and apply_batch (torch, the whole batch at once) give the same waveforms for every kind
+    aug = build_augmentor({"musan": str(corpus["musan"]), "rirs": str(corpus["rirs"]), "prob": 1.0,
+                           "babble_wav_scp": str(corpus["train"] / "wav.scp")})
+    crops, plans = [], []
+    while len({p.kind for p in plans}) < 4 or len(plans) < 12:
+        x = clean_crop(4000, seed=len(crops))
+        # the plan consumes the rng exactly as the per-item call does
+        state = np.random.default_rng(len(crops) + 100)
+        plans.append(aug.plan(len(x), state, spk="spk0"))
+        y_call = aug(x, np.random.default_rng(len(crops) + 100), spk="spk0")
+        np.testing.assert_array_equal(aug.apply(x, plans[-1]), y_call)
+        crops.append(x)
+    plans.append(type(plans[0])("none", None, None, None, {"type": "none"}))
+    crops.append(clean_crop(4000, seed=99))
+    assert {p.kind for p in plans} == {"noise", "music", "babble", "reverb", "none"}
+    batch = aug.apply_batch(torch.from_numpy(np.stack(crops)), plans).numpy()
+    for row, (x, plan) in enumerate(zip(crops, plans)):
+        ref = aug.apply(x, plan)
+        np.testing.assert_allclose(batch[row], ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max(), err_msg=plan.kind)
+        if plan.kind in ("noise", "music"):
+            assert snr_db(x, batch[row]) == pytest.approx(float(plan.snrs[0]), abs=1e-2)

@@ -362,11 +362,13 @@ def test_length_batched_extraction_equals_one_at_a_time(name, shape, budget):
         assert min(cos) > 0.99 and max(abs(half[u] - one[u]).max() for u in arrays) > 0
 
 
-def test_device_front_end_gives_the_worker_features_and_trains(tiny_recipe, tmp_path):
-    # front_end=device: the loader yields waveform crops, the trainer computes the same Kaldi
-    # features batched on the device (dither off to compare exactly)
+@pytest.mark.parametrize("augment", [None, "{prob: 1.0, types: [babble]}"])
+def test_device_front_end_gives_the_worker_features_and_trains(tiny_recipe, tmp_path, augment):
+    # front_end=device: the loader yields waveform crops (and augmentation plans), the trainer
+    # applies the same augmentation and computes the same Kaldi features batched on the device
+    # (dither off to compare exactly)
     base = [f"data.train={tiny_recipe['train']}", *FAST, "data.on_the_fly_features=true",
-            "data.feature_overrides={dither: 0.0}"]
+            "data.feature_overrides={dither: 0.0}"] + ([f"data.augment={augment}"] if augment else [])
     conf = str(REPO / "conf" / "thin_resnet34_angleproto.yaml")
     trainers = {}
     for fe in ("worker", "device"):
@@ -375,12 +377,15 @@ def test_device_front_end_gives_the_worker_features_and_trains(tiny_recipe, tmp_
         t.sampler.set_epoch(1)
         t.train_set.set_epoch(1)
         trainers[fe] = next(iter(t.loader))
-    (xw, yw), (xd, yd) = trainers["worker"], trainers["device"]
+    (xw, yw), (xd, yd, *plans) = trainers["worker"], trainers["device"]
     assert xw.dim() == 3 and xd.dim() == 2 and torch.equal(yw, yd)
+    assert bool(plans) == bool(augment) and (not plans or {p.kind for p in plans[0]} == {"babble"})
     t_dev = Trainer(load_config(conf, base + ["data.front_end=device"]), str(tmp_path / "d2"), DistInfo(),
                     progress=False)
     t_dev.build()
-    np.testing.assert_allclose(t_dev.device_features(xd, 1).numpy(), xw.numpy(), rtol=1e-4, atol=1e-4)
+    feats = t_dev.device_features(xd, 1, plans[0] if plans else None)
+    np.testing.assert_allclose(feats.numpy(), xw.numpy(), rtol=1e-4, atol=1e-3)
     exp, _ = run_train(tiny_recipe, tmp_path, "thin_resnet34_angleproto.yaml", "train.epochs=1",
-                       "data.on_the_fly_features=true", "data.front_end=device", exp_name="dev_run")
+                       "data.on_the_fly_features=true", "data.front_end=device",
+                       *([f"data.augment={augment}"] if augment else []), exp_name="dev_run")
     assert json.loads((exp / "history.json").read_text())[0]["loss"] > 0

@@ -56,6 +56,8 @@ AUGMENT_TYPES = ("noise", "music", "babble", "reverb")
 _CATEGORIES = ("noise", "music", "speech", "babble")
 _AUDIO_EXT = (".wav", ".flac", ".ogg", ".sph", ".mp3")
 _EPS = 1e-20
+#: rows per pass of the batched (device) augmentation on a CPU
+CPU_CHUNK = 8
 
 
 # --------------------------------------------------------------------------------------------------
@@ -426,67 +428,139 @@ class WaveformAugmentor:
     def __call__(self, x: np.ndarray, rng: np.random.Generator, spk: Optional[str] = None,
                  return_info: bool = False):
         x = np.asarray(x, dtype=np.float32)
-        kind = self.choose(rng)
-        info: Dict[str, Any] = {"type": kind, "files": [], "snrs": []}
-        if kind in ("noise", "music"):
-            y = self.add_noise(x, rng, kind, info)
-        elif kind == "babble":
-            y = self.add_babble(x, rng, spk, info)
-        elif kind == "reverb":
-            y = self.add_reverb(x, rng, info)
-        else:
-            y = x
-        return (y, info) if return_info else y
+        plan = self.plan(x.shape[0], rng, spk)
+        y = self.apply(x, plan)
+        return (y, plan.info) if return_info else y
 
-    # -- the four augmentations ---------------------------------------------------------------------
+    # -- planning (every random draw and file read) and applying (the arithmetic) ------------------
     def _noise_segment(self, a: AudioFile, n: int, rng: np.random.Generator) -> np.ndarray:
         return read_segment(a.path, n, rng, self.sample_rate)
 
-    def add_noise(self, x: np.ndarray, rng: np.random.Generator, category: str = "noise",
-                  info: Optional[dict] = None) -> np.ndarray:
-        """One ``category`` file at SNR ~ U[range]. # Kaldi/voxceleb_trainer: noise 0-15, music 5-15 dB"""
-        files = self.by_cat[category]
-        a = files[int(rng.integers(0, len(files)))]
-        snr = float(rng.uniform(*self.snr[category]))
-        noise = self._noise_segment(a, x.shape[0], rng)
-        if info is not None:
+    def plan(self, n: int, rng: np.random.Generator, spk: Optional[str] = None) -> "AugmentPlan":
+        """Draw what to do to an ``n``-sample crop and read the signals it needs, in the order of the
+        random draws of :meth:`__call__` (same ``rng`` state -> same plan). ``spk``: the target
+        speaker (excluded from training-speaker babble)."""
+        kind = self.choose(rng)
+        info: Dict[str, Any] = {"type": kind, "files": [], "snrs": []}
+        if kind in ("noise", "music"):
+            files = self.by_cat[kind]
+            a = files[int(rng.integers(0, len(files)))]
+            snr = float(rng.uniform(*self.snr[kind]))  # Kaldi/voxceleb_trainer: noise 0-15, music 5-15 dB
+            sources = self._noise_segment(a, n, rng)[None]
             info["files"].append(a.path)
             info["snrs"].append(snr)
-        return mix_at_snr(x, noise, snr)
-
-    def add_babble(self, x: np.ndarray, rng: np.random.Generator, spk: Optional[str] = None,
-                   info: Optional[dict] = None) -> np.ndarray:
-        """3-7 talkers, each at its own SNR ~ U[13, 20] dB relative to ``x``, summed onto ``x``."""
-        k = int(rng.integers(self.babble_count[0], self.babble_count[1] + 1))
-        if self.babble_from == "musan":
-            speech = self.by_cat["speech"]
-            pick = rng.choice(len(speech), size=min(k, len(speech)), replace=False)
-            paths = [speech[i].path for i in pick]
-            spks: List[Optional[str]] = [None] * len(paths)
-        else:
-            assert self.train_pool is not None
-            idx = self.train_pool.draw(k, rng, spk)
-            paths = [self.train_pool.paths[i] for i in idx]
-            spks = [self.train_pool.spks[int(self.train_pool.codes[i])] for i in idx]
-        p_clean = _power(x)
-        total = np.zeros(x.shape[0], dtype=np.float64)
-        snrs = rng.uniform(*self.snr["babble"], size=len(paths))
-        for path, snr in zip(paths, snrs):
-            seg = read_segment(path, x.shape[0], rng, self.sample_rate)
-            p = _power(seg)
-            if p > _EPS:
-                total += math.sqrt(p_clean / (p * 10.0 ** (snr / 10.0))) * seg
-        if info is not None:
+            return AugmentPlan(kind, sources, np.array([snr]), None, info)
+        if kind == "babble":  # 3-7 talkers, each at its own SNR ~ U[13, 20] dB relative to the crop
+            k = int(rng.integers(self.babble_count[0], self.babble_count[1] + 1))
+            if self.babble_from == "musan":
+                speech = self.by_cat["speech"]
+                pick = rng.choice(len(speech), size=min(k, len(speech)), replace=False)
+                paths = [speech[i].path for i in pick]
+                spks: List[Optional[str]] = [None] * len(paths)
+            else:
+                assert self.train_pool is not None
+                idx = self.train_pool.draw(k, rng, spk)
+                paths = [self.train_pool.paths[i] for i in idx]
+                spks = [self.train_pool.spks[int(self.train_pool.codes[i])] for i in idx]
+            snrs = rng.uniform(*self.snr["babble"], size=len(paths))
+            sources = np.stack([read_segment(path, n, rng, self.sample_rate) for path in paths])
             info["files"].extend(paths)
-            info["snrs"].extend(float(s) for s in snrs)
+            info["snrs"].extend(float(v) for v in snrs)
             info["speakers"] = spks
-        return (x + total).astype(np.float32)
-
-    def add_reverb(self, x: np.ndarray, rng: np.random.Generator, info: Optional[dict] = None) -> np.ndarray:
-        a = self.rirs[int(rng.integers(0, len(self.rirs)))]
-        if info is not None:
+            return AugmentPlan(kind, sources, snrs, None, info)
+        if kind == "reverb":
+            a = self.rirs[int(rng.integers(0, len(self.rirs)))]
             info["files"].append(a.path)
-        return reverberate(x, _read_rir(a.path, self.sample_rate))
+            return AugmentPlan(kind, None, None, _read_rir(a.path, self.sample_rate), info)
+        return AugmentPlan("none", None, None, None, info)
+
+    @staticmethod
+    def apply(x: np.ndarray, plan: "AugmentPlan") -> np.ndarray:
+        """The augmentation of ``plan`` applied to ``x`` (numpy; the per-item worker path)."""
+        if plan.kind in ("noise", "music"):
+            return mix_at_snr(x, plan.sources[0], float(plan.snrs[0]))
+        if plan.kind == "babble":
+            p_clean = _power(x)
+            total = np.zeros(x.shape[0], dtype=np.float64)
+            for seg, snr in zip(plan.sources, plan.snrs):
+                p = _power(seg)
+                if p > _EPS:
+                    total += math.sqrt(p_clean / (p * 10.0 ** (snr / 10.0))) * seg
+            return (x + total).astype(np.float32)
+        if plan.kind == "reverb":
+            return reverberate(x, plan.rir)
+        return x
+
+    @staticmethod
+    def apply_batch(x, plans: Sequence["AugmentPlan"]):
+        """:meth:`apply` for a batch ``x`` ``[B, n]`` (torch, any device) and one plan per row, as
+        batched torch operations: additive rows at once (powers in float64, as numpy), reverberant
+        rows as one batched FFT convolution (float32, as ``fftconvolve`` on float32)."""
+        import torch
+        if len(plans) != x.shape[0]:
+            raise ValueError(f"{len(plans)} augmentation plans for a batch of {x.shape[0]}")
+        if x.device.type == "cpu" and x.shape[0] > CPU_CHUNK:  # cache-sized passes on a CPU
+            return torch.cat([WaveformAugmentor.apply_batch(x[i:i + CPU_CHUNK], plans[i:i + CPU_CHUNK])
+                              for i in range(0, x.shape[0], CPU_CHUNK)])
+        out = x.clone()
+        n = x.shape[1]
+        add = [i for i, p in enumerate(plans) if p.kind in ("noise", "music", "babble")]
+        if add:
+            k = max(plans[i].sources.shape[0] for i in add)
+            src = np.zeros((len(add), k, n), dtype=np.float32)
+            snr = np.zeros((len(add), k))
+            valid = np.zeros((len(add), k), dtype=bool)
+            for r, i in enumerate(add):
+                m = plans[i].sources.shape[0]
+                src[r, :m], snr[r, :m], valid[r, :m] = plans[i].sources, plans[i].snrs, True
+            src_t = torch.from_numpy(src).to(x.device)
+            rows = torch.tensor(add, device=x.device)
+            clean = x.index_select(0, rows).float()
+            p_clean = torch.sum(clean.square(), dim=1, keepdim=True, dtype=torch.float64) / n  # [R, 1]
+            p_src = torch.sum(src_t.square(), dim=2, dtype=torch.float64) / n  # [R, K]
+            ok = torch.from_numpy(valid).to(x.device) & (p_src > _EPS)
+            snr_t = torch.from_numpy(snr).to(x.device)
+            gain = torch.where(ok, torch.sqrt(p_clean / (p_src.clamp_min(_EPS) * 10.0 ** (snr_t / 10.0))),
+                               torch.zeros_like(p_src))
+            mixed = clean + torch.bmm(gain.float().unsqueeze(1), src_t).squeeze(1)  # sum_k g_k s_k
+            out[rows] = mixed.to(x.dtype)
+        rev = [i for i, p in enumerate(plans) if p.kind == "reverb"]
+        if rev:
+            taps = []
+            peaks = []
+            for i in rev:
+                h = np.asarray(plans[i].rir, dtype=np.float64)
+                energy = float(np.sqrt(np.sum(h * h)))
+                if energy <= 0:
+                    raise DataError("RIR is all zeros")
+                peak = int(np.argmax(np.abs(h)))
+                taps.append((h[: peak + n] / energy).astype(np.float32))
+                peaks.append(peak)
+            width = max(len(h) for h in taps)
+            h_t = torch.zeros((len(rev), width), dtype=torch.float32)
+            for r, h in enumerate(taps):
+                h_t[r, :len(h)] = torch.from_numpy(h)
+            h_t = h_t.to(x.device)
+            size = 1 << (n + width - 2).bit_length()  # >= n + width - 1: a linear convolution
+            rows = torch.tensor(rev, device=x.device)
+            y = torch.fft.irfft(torch.fft.rfft(x.index_select(0, rows).float(), size)
+                                * torch.fft.rfft(h_t, size), size)
+            idx = torch.tensor(peaks, device=x.device).unsqueeze(1) + torch.arange(n, device=x.device)
+            out[rows] = y.gather(1, idx).to(x.dtype)
+        return out
+
+
+@dataclass
+class AugmentPlan:
+    """What :class:`WaveformAugmentor` does to one crop: ``kind`` (none, noise, music, babble,
+    reverb), the additive ``sources`` ``[K, n]`` with their ``snrs`` (dB), or the raw ``rir``; ``info``
+    (``type``, ``files``, ``snrs``) for logs and tests."""
+
+    kind: str
+    sources: Optional[np.ndarray]
+    snrs: Optional[np.ndarray]
+    rir: Optional[np.ndarray]
+    info: Dict[str, Any]
 
 
 def _missing_msg(t: str, babble_source: str) -> str:

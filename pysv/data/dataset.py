@@ -356,8 +356,11 @@ class WaveformCropDataset(_CropDatasetBase):
                  augment: Optional[Callable] = None, seed: int = 0,
                  feature_extractor: Optional[Callable] = None, spec_augment: Optional[Callable] = None,
                  sample_rate: int = 16000, spk2label: Optional[Mapping[str, int]] = None,
-                 check_files: bool = True):
+                 check_files: bool = True, plan_augment: bool = False):
         super().__init__(data_dir, "wav", seed, spk2label, check_files)
+        if plan_augment and (augment is None or feature_extractor is not None):
+            raise ValueError("plan_augment needs an augmentor and no feature_extractor (the device applies both)")
+        self.plan_augment = bool(plan_augment)
         if int(crop_samples) <= 0:
             raise ValueError(f"crop_samples must be positive, got {crop_samples}")
         if spec_augment is not None and feature_extractor is None:
@@ -407,6 +410,9 @@ class WaveformCropDataset(_CropDatasetBase):
     def _get(self, idx: int, k: int):
         rng = self.rng(idx, k)
         x = self.read_crop(idx, rng)
+        if self.plan_augment:  # the device applies it (data.front_end: device): item = (crop, label, plan)
+            plan = self.augment.plan(x.shape[0], rng, spk=self._spk_names[self._spk[idx]])
+            return torch.as_tensor(np.asarray(x, dtype=np.float32)), int(self._labels[idx]), plan
         if self.augment is not None:
             x = self.augment(x, rng, spk=self._spk_names[self._spk[idx]])
         if self.feature_extractor is not None:
@@ -433,8 +439,9 @@ def _accepts_seed(fn: Callable) -> bool:
     return "seed" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
 
 
-def collate(batch: Sequence[Tuple[torch.Tensor, int]]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Stack fixed-length items: ``([B, T, D] or [B, S] float32, labels [B] int64)``."""
+def collate(batch: Sequence[Tuple[torch.Tensor, int]]):
+    """Stack fixed-length items: ``([B, T, D] or [B, S] float32, labels [B] int64)``, plus the list
+    of augmentation plans when the items carry one (``plan_augment``)."""
     if not batch:
         raise ValueError("empty batch")
     xs = [b[0] for b in batch]
@@ -442,4 +449,7 @@ def collate(batch: Sequence[Tuple[torch.Tensor, int]]) -> Tuple[torch.Tensor, to
     for x in xs[1:]:
         if x.shape != shape:
             raise ValueError(f"collate needs equal-length items (fixed crops); got {tuple(shape)} and {tuple(x.shape)}")
-    return torch.stack(xs), torch.tensor([int(b[1]) for b in batch], dtype=torch.int64)
+    labels = torch.tensor([int(b[1]) for b in batch], dtype=torch.int64)
+    if len(batch[0]) == 3:
+        return torch.stack(xs), labels, [b[2] for b in batch]
+    return torch.stack(xs), labels

@@ -67,8 +67,8 @@ class RelabeledSubset(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i):
-        x, y = self.base[self.indices[i]]
-        return x, self.label_map[int(y)]
+        x, y, *plan = self.base[self.indices[i]]  # plan: the augmentation plan of front_end device
+        return (x, self.label_map[int(y)], *plan)
 
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.base, "set_epoch"):
@@ -206,14 +206,16 @@ class Trainer:
                 if dcfg["augment"] else None
             crop_samples = dcfg["crop"] if self.input_kind == "waveform" else \
                 self._frames_to_samples(dcfg["crop"])
-            # front_end "device": the workers read (and augment) waveform crops only; features and
-            # SpecAugment run batched on the training device (device_features)
-            on_device = self.input_kind == "features" and dcfg["front_end"] == "device"
-            self.device_front = (self.feature_extractor, spec_aug) if on_device else None
+            # front_end "device": the workers read waveform crops and plan their augmentation (the
+            # random draws and file reads); augmentation, features and SpecAugment run batched on
+            # the training device (device_features)
+            on_device = dcfg["front_end"] == "device"
+            fe = self.feature_extractor if self.input_kind == "features" else None
+            self.device_front = (fe, spec_aug, augment) if on_device and (fe is not None or augment) else None
             base = ds.WaveformCropDataset(train_dir, crop_samples, augment=augment, seed=cfg["seed"],
-                                          feature_extractor=self.feature_extractor
-                                          if self.input_kind == "features" and not on_device else None,
-                                          spec_augment=None if on_device else spec_aug)
+                                          feature_extractor=None if on_device else fe,
+                                          spec_augment=None if on_device else spec_aug,
+                                          plan_augment=on_device and augment is not None)
             self.eval_dir = train_dir
         else:
             fdir = features_dir(train_dir, dcfg["feature"])
@@ -363,11 +365,11 @@ class Trainer:
         t0 = time.time()
         bar = tqdm(self.loader, desc=f"epoch {epoch}", disable=not self.progress, unit="batch",
                    dynamic_ncols=True, leave=False)
-        for step, (x, y) in enumerate(bar, 1):
-            x = x.to(dev, non_blocking=True)
-            y = y.to(dev, non_blocking=True)
+        for step, batch in enumerate(bar, 1):
+            x = batch[0].to(dev, non_blocking=True)
+            y = batch[1].to(dev, non_blocking=True)
             if self.device_front is not None:
-                x = self.device_features(x, epoch)
+                x = self.device_features(x, epoch, batch[2] if len(batch) == 3 else None)
             loss, acc = self.train_step(x, y, epoch, step)
             loss_sum += loss.detach().double()
             if acc is not None:
@@ -395,11 +397,16 @@ class Trainer:
             stats["accuracy"] = 100.0 * acc_sum.item() / n_acc
         return stats
 
-    def device_features(self, waveforms: torch.Tensor, epoch: int) -> torch.Tensor:
-        """Kaldi features (``FeatureExtractor.batch``, the same definition as stage 1) and
-        SpecAugment of a batch of waveform crops, on the training device. Dither and masks draw
-        from generators seeded by (seed, epoch), so a resumed epoch repeats them."""
-        fe, spec_aug = self.device_front
+    def device_features(self, waveforms: torch.Tensor, epoch: int, plans=None) -> torch.Tensor:
+        """The training front end on the device, batched: waveform augmentation of the workers'
+        ``plans`` (``WaveformAugmentor.apply_batch``), Kaldi features (``FeatureExtractor.batch``,
+        the same definition as stage 1) and SpecAugment. Dither and masks draw from generators
+        seeded by (seed, epoch), so a resumed epoch repeats them."""
+        fe, spec_aug, augment = self.device_front
+        if plans is not None:
+            waveforms = augment.apply_batch(waveforms, plans)
+        if fe is None:  # a waveform encoder: augmentation only
+            return waveforms
         if getattr(self, "_front_epoch", None) != epoch:
             self._front_epoch = epoch
             self._dither_gen = torch.Generator().manual_seed(self.cfg["seed"] * 1_000_003 + epoch)
