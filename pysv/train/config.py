@@ -65,7 +65,7 @@ DEFAULTS: Dict[str, Any] = {
         "embed_norm_scale": None,     # scale embeddings to this L2 norm before the loss (RawNet2: 10)
         "average_last": 1,            # average the weights of the last K epoch checkpoints into final.pt
         "log_interval": 10,
-        "channels_last": True,        # for 2-D CNN encoders on GPU
+        "channels_last": True,        # channels-last weights for 2-D CNN encoders (encoder attribute prefers_channels_last)
         "find_unused_parameters": False,
         "keep_checkpoints": 0,        # 0 = keep all epoch checkpoints
     },

@@ -153,7 +153,7 @@ class Trainer:
             cfg["model"]["hparams"] = dict(encoder.hparams)
         self.num_params = sum(p.numel() for p in encoder.parameters())
         net = SpeakerNet(encoder, loss, cfg["train"]["embed_norm_scale"]).to(self.device)
-        if self.device.type == "cuda" and cfg["train"]["channels_last"] and model_name in ("thin_resnet34", "mla_resnet34"):
+        if cfg["train"]["channels_last"] and getattr(encoder, "prefers_channels_last", False):
             net = net.to(memory_format=torch.channels_last)
         self.net = net
         self.optimizer = self._build_optimizer()
