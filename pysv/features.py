@@ -197,7 +197,11 @@ def _normalize(cfg: Dict[str, Any]) -> None:
     for k in ints:
         if k in cfg:
             v = cfg[k]
-            if isinstance(v, bool) or not float(v).is_integer():
+            try:
+                integral = not isinstance(v, bool) and float(v).is_integer()
+            except (TypeError, ValueError):
+                integral = False
+            if not integral:
                 raise ValueError(f"feature option {k} must be an integer, got {v!r}")
             cfg[k] = int(float(v))
     cfg["name"] = str(cfg["name"])

@@ -214,6 +214,15 @@ def test_bad_inputs_get_messages_not_tracebacks(tiny_recipe, tmp_path, capsys):
     bad.write_text("system: x\nmodel: name: thin_resnet34\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml:2:\d+: yaml syntax error: mapping values"):
         load_config(str(bad))
+    # a feature yaml with a value of the wrong type: the message names the option
+    import pysv.features
+    fyaml = tmp_path / "feat.yaml"
+    fyaml.write_text("name: f\ntype: fbank\nnum_mel_bins: forty\n")
+    with pytest.raises(ValueError, match="feature option num_mel_bins must be an integer, got 'forty'"):
+        pysv.features.build(str(fyaml))
+    fyaml.write_text("name: f\ntype: fbank\nnum_mel_bins: [40\n")
+    with pytest.raises(ValueError, match=r"feat\.yaml:\d+:\d+: yaml syntax error"):
+        pysv.features.build(str(fyaml))
     # an invalid loss hparam value and too few speakers for the batch: exit 2 with a message
     exp = tmp_path / "e1"
     assert train(tiny_recipe, exp, "train.epochs=1", "loss.hparams.init_w=-1", resume=False) == 2
