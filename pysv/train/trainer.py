@@ -46,8 +46,13 @@ class SpeakerNet(nn.Module):
         self.loss = loss
         self.embed_norm_scale = embed_norm_scale
 
+    def use_compiled_encoder(self, compiled: nn.Module) -> None:
+        """Run the forward through ``compiled`` (a ``torch.compile`` of ``self.encoder``, sharing
+        its parameters); kept out of the module tree so state dicts and DDP see the plain encoder."""
+        object.__setattr__(self, "_compiled_encoder", compiled)
+
     def forward(self, x: torch.Tensor, labels: torch.Tensor):
-        emb = self.encoder(x)
+        emb = self.__dict__.get("_compiled_encoder", self.encoder)(x)
         if self.embed_norm_scale:
             # seed 004's reference model scales the embedding to a fixed norm before the classifier
             emb = F.normalize(emb, dim=1) * self.embed_norm_scale
@@ -163,7 +168,8 @@ class Trainer:
         except ValueError as e:
             raise ConfigError(f"config key 'train.precision': {e}") from None
         self.scaler = precision_lib.grad_scaler(self.precision, self.device)
-        self.step_net = self._compiled(self.net) if cfg["train"]["compile"] else None
+        if cfg["train"]["compile"]:
+            self._compile_encoder()
         if self.dist.enabled:
             self.ddp = nn.parallel.DistributedDataParallel(
                 self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None,
@@ -421,9 +427,8 @@ class Trainer:
         """One optimiser step on a batch (on the device): forward under the run's precision,
         finite-loss check, backward (loss-scaled for fp16), clipping, update. Returns the loss
         (detached) and the accuracy of the loss, or None."""
-        net = self.ddp if self.step_net is None else self.step_net
         with precision_lib.autocast(self.precision, self.device):
-            loss, acc = net(x, y)
+            loss, acc = self.ddp(x, y)
         # checked before backward so that the weights of the last good step are never corrupted;
         # one scalar read per step (the losses' own input checks read a few values anyway)
         if not bool(torch.isfinite(loss.detach())):
@@ -438,16 +443,18 @@ class Trainer:
         self.scaler.update()
         return loss.detach(), acc
 
-    def _compiled(self, net: nn.Module) -> Optional[nn.Module]:
-        """``torch.compile`` of the training module (DDP-wrapped where distributed), or None with
-        a warning where compilation is not available; checked on a first call by train_step."""
-        target = self.ddp if self.dist.enabled else net
+    def _compile_encoder(self) -> None:
+        """``train.compile``: the encoder's forward through ``torch.compile`` (the loss stays eager:
+        its input checks would break the graph), falling back to eager with a warning where no
+        compiler backend works (checked on the first call)."""
+        encoder = self.net.encoder
         try:
-            return _CompileOrEager(torch.compile(target), target)
-        except Exception as e:  # no dynamo / inductor for this platform
+            compiled = torch.compile(encoder)
+        except Exception as e:  # no dynamo for this platform
             log.warning("train.compile: torch.compile is not available (%s: %s); training eagerly",
                         type(e).__name__, e)
-            return None
+            return
+        self.net.use_compiled_encoder(_CompileOrEager(compiled, encoder))
 
     def _raise_non_finite(self, epoch: int, step: int) -> None:
         last = self.checkpoints()
