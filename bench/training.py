@@ -19,7 +19,7 @@ exists for this torch (2.13), a stand-in ``torchaudio.transforms.MelSpectrogram`
 installed for the run, with the same cost structure.
 
 For each system it builds the real trainer (pysv.train.Trainer: kaldiio feature crops or audio crops
-through a DataLoader with workers, the system's sampler, encoder + loss, optimizer, AMP on GPU) on a
+through a DataLoader with workers, the system's sampler, encoder + loss, optimizer, the config's train.precision) on a
 small generated corpus, and times ``steps`` optimizer steps after one warm-up step. In the same process
 it times the same steps on batches already in memory (the compute-only reference); the ratio
 ``pipeline / compute`` (≈ 1.0 when data loading keeps up, < 1 when the loader is the bottleneck) and the

@@ -1,7 +1,7 @@
 """One training loop for every encoder × loss system (stage 2).
 
 The run directory ``exp/<system>/`` holds ``config.yaml`` (resolved), ``checkpoints/epoch_NNN.pt``
-(everything needed to resume: model, loss, optimizer, scheduler, AMP scaler, RNG states, history),
+(everything needed to resume: model, loss, optimizer, scheduler, fp16 loss scaler, RNG states, history),
 ``history.json`` (per-epoch loss / accuracy / validation EER / lr), ``valid_eer.png``, ``train.log``,
 ``final.pt`` (encoder weights, averaged over the last K epochs if configured), ``num_params`` and a
 ``.done`` marker written last.
