@@ -214,6 +214,10 @@ def test_bad_inputs_get_messages_not_tracebacks(tiny_recipe, tmp_path, capsys):
     bad.write_text("system: x\nmodel: name: thin_resnet34\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml:2:\d+: yaml syntax error: mapping values"):
         load_config(str(bad))
+    # yaml 1.1 reads 1e-4 as a string: a float key takes it as the number it is
+    assert load_config(str(REPO / "conf" / "xvector_softmax.yaml"), ["optim.lr=1e-4"])["optim"]["lr"] == 1e-4
+    with pytest.raises(ConfigError, match="optim.lr"):
+        load_config(str(REPO / "conf" / "xvector_softmax.yaml"), ["optim.lr=fast"])
     # a feature yaml with a value of the wrong type: the message names the option
     import pysv.features
     fyaml = tmp_path / "feat.yaml"

@@ -389,3 +389,46 @@ def test_device_front_end_gives_the_worker_features_and_trains(tiny_recipe, tmp_
                        "data.on_the_fly_features=true", "data.front_end=device",
                        *([f"data.augment={augment}"] if augment else []), exp_name="dev_run")
     assert json.loads((exp / "history.json").read_text())[0]["loss"] > 0
+
+
+def test_time_budget_stops_after_the_last_epoch_that_fits(tiny_recipe, tmp_path, capsys):
+    # a budget far below one epoch: the first epoch always runs, then the estimate of the next one
+    # exceeds the budget; training finalises as usual and history.json records why it stopped
+    exp, _ = run_train(tiny_recipe, tmp_path, "thin_resnet34_angleproto.yaml", "train.epochs=50",
+                       "train.max_minutes=0.0001", exp_name="budget")
+    hist = json.loads((exp / "history.json").read_text())
+    assert len(hist) == 1 and hist[-1]["stopped"] == "train.max_minutes" and hist[-1]["max_minutes"] == 0.0001
+    assert (exp / "final.pt").is_file() and (exp / ".done").is_file()
+    assert "train.max_minutes=0.0001" in (exp / "train.log").read_text()
+    # the same command again: complete, not retrained
+    run_train(tiny_recipe, tmp_path, "thin_resnet34_angleproto.yaml", "train.epochs=50",
+              "train.max_minutes=0.0001", exp_name="budget")
+    assert "fitted in train.max_minutes" in capsys.readouterr().err
+    # a larger budget continues the run (--resume) up to the epochs that fit
+    run_train(tiny_recipe, tmp_path, "thin_resnet34_angleproto.yaml", "train.epochs=2",
+              "train.max_minutes=1000", exp_name="budget")
+    assert [h["epoch"] for h in json.loads((exp / "history.json").read_text())] == [1, 2]
+
+
+def test_fine_tuning_starts_from_a_trained_encoder_with_a_new_head(tiny_recipe, tmp_path):
+    # source: 5 training speakers; fine-tuning run: 4 (another classifier size), encoder from the
+    # source's final.pt; with a vanishing learning rate the encoder weights stay the loaded ones
+    extra = ["data.feature=fbank40", "model.hparams.feat_dim=40", "train.epochs=1", "optim.lr=0.001"]
+    src, _ = run_train(tiny_recipe, tmp_path, "xvector_softmax.yaml", *extra, exp_name="src")
+    exp = tmp_path / "ft"
+    rc = train_bin.main(["--config", str(REPO / "conf" / "xvector_softmax.yaml"), "--exp-dir", str(exp),
+                         "--threads", "2", "--init-from", str(src / "final.pt"),
+                         *overrides(tiny_recipe, *extra[:3], "optim.lr=1e-12", "data.valid_speakers=3")])
+    assert rc == 0
+    assert "encoder initialised from" in (exp / "train.log").read_text()
+    a, b = encoder_state(src), encoder_state(exp)
+    for name, t in a.items():
+        if t.is_floating_point() and "running" not in name:  # BN statistics move in train mode
+            torch.testing.assert_close(b[name], t, rtol=0, atol=1e-6)
+    assert load_config(str(exp / "config.yaml"))["train"]["init_from"] == str(src / "final.pt")
+    # another architecture is refused by name
+    rc = train_bin.main(["--config", str(REPO / "conf" / "xvector_softmax.yaml"), "--exp-dir", str(tmp_path / "bad"),
+                         "--init-from", str(src / "final.pt"),
+                         *overrides(tiny_recipe, *extra, "model.hparams.hidden_dim=64")])
+    assert rc == 2
+    assert "holds another architecture" in (tmp_path / "bad" / "train.log").read_text()

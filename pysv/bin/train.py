@@ -8,7 +8,8 @@ Every config value can be overridden as ``section.key=value`` (yaml syntax for t
 ``exp/<system>/config.yaml``. A run whose ``exp/<system>/.done`` exists is skipped (``--overwrite``
 retrains); ``--resume`` continues a killed run from its last epoch checkpoint, and a finished run
 asked for more epochs (``train.epochs``) from its last epoch. A run dir whose recorded config
-differs in any other key than ``train.epochs``, ``train.log_interval``, ``data.num_workers`` is
+differs in any other key than ``train.epochs``, ``train.log_interval``, ``data.num_workers``,
+``train.max_minutes`` is
 refused with the changed keys named (``--overwrite`` retrains it, or use another ``--exp-dir``).
 """
 from __future__ import annotations
@@ -27,6 +28,9 @@ def main(argv=None) -> int:
     p.add_argument("--exp-dir", default=None, help="run directory (default exp/<system>)")
     p.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
     p.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
+    p.add_argument("--init-from", default=None, metavar="CKPT",
+                   help="fine-tune: start the encoder from a trained system's final.pt (the loss head, e.g. "
+                        "a classifier for other speakers, starts new); same as train.init_from=CKPT")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-progress", action="store_true", help="no progress bars (log lines instead)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0 = torch default)")
@@ -40,8 +44,9 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    overrides = list(args.overrides) + ([f"train.init_from={args.init_from}"] if args.init_from else [])
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, overrides)
     except ConfigError as e:
         print(f"pysv.bin.train: config error: {e}", file=sys.stderr)
         return 2
@@ -87,7 +92,7 @@ def main(argv=None) -> int:
 
 #: config keys that may differ between a run and its continuation (--resume): they change how
 #: long or how verbosely it trains, not what it trains
-MAY_CHANGE = ("train.epochs", "train.log_interval", "data.num_workers")
+MAY_CHANGE = ("train.epochs", "train.log_interval", "data.num_workers", "train.max_minutes")
 
 
 def changed_keys(old: dict, new: dict) -> list:
@@ -123,8 +128,13 @@ def previous_run_decision(exp: Path, cfg: dict, resume: bool):
                    f"Only {', '.join(MAY_CHANGE)} may change for a run to continue. Use --overwrite to retrain "
                    "it with the new configuration, or another --exp-dir (run.sh: another --exp root)")
     if done:
-        trained = old["train"]["epochs"]
+        history = _history(exp)
+        trained = len(history) if history else old["train"]["epochs"]
         wanted = cfg["train"]["epochs"]
+        budget = cfg["train"]["max_minutes"]
+        if history and history[-1].get("stopped") == "train.max_minutes" and budget == old["train"]["max_minutes"]:
+            return (0, f"{exp} is complete: {trained} epochs fitted in train.max_minutes={budget}; skipping. "
+                       "Raise train.max_minutes (or remove it) to train on.")
         if wanted <= trained:
             if wanted < trained:
                 return (0, f"{exp} is complete with {trained} epochs (asked for {wanted}); skipping. "
@@ -137,6 +147,14 @@ def previous_run_decision(exp: Path, cfg: dict, resume: bool):
         logging.getLogger("pysv.train").info("continuing %s from %d to %d epochs", exp, trained, wanted)
         print(f"pysv.bin.train: continuing {exp} from {trained} to {wanted} epochs", file=sys.stderr)
     return None
+
+
+def _history(exp: Path) -> list:
+    import json
+    try:
+        return json.loads((exp / "history.json").read_text())
+    except (OSError, ValueError):
+        return []
 
 
 def _flat_values(cfg: dict) -> dict:

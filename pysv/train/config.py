@@ -68,6 +68,8 @@ DEFAULTS: Dict[str, Any] = {
         "channels_last": True,        # channels-last weights for 2-D CNN encoders (encoder attribute prefers_channels_last)
         "find_unused_parameters": False,
         "keep_checkpoints": 0,        # 0 = keep all epoch checkpoints
+        "max_minutes": None,          # time budget: stop after the last epoch that fits (then finalise)
+        "init_from": None,            # fine-tuning: encoder weights from this final.pt / checkpoint (new loss head)
     },
     # the system's test protocol: stage 3 always writes full-utterance embeddings (cosine / PLDA)
     # and, when mode is not full, the protocol's embeddings of the test set as well
@@ -89,6 +91,8 @@ OPTIONAL_TYPES: Dict[str, tuple] = {
     "train.grad_clip": (float, int),
     "train.embed_norm_scale": (float, int),
     "extract.crop": (int,),
+    "train.max_minutes": (float, int),
+    "train.init_from": (str,),
 }
 
 #: test protocols of the ``extract`` block (pysv.embed.MODES)
@@ -122,6 +126,12 @@ def _check_type(key: str, value: Any) -> Any:
         allowed = (dict,)
     if float in allowed and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if float in allowed and isinstance(value, str):
+        # yaml 1.1 reads 1e-4 (no dot) as a string; a number is what the key wants
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if isinstance(value, bool) and bool not in allowed:
         raise ConfigError(f"config key '{key}': expected {'/'.join(t.__name__ for t in allowed)}, got bool {value!r}")
     if not isinstance(value, allowed):
@@ -207,6 +217,8 @@ def check_values(cfg: Dict[str, Any]) -> None:
     for key in positive:
         if flat[key] <= 0:
             raise ConfigError(f"config key '{key}' must be positive, got {flat[key]!r}")
+    if flat["train.max_minutes"] is not None and flat["train.max_minutes"] <= 0:
+        raise ConfigError(f"config key 'train.max_minutes' must be positive or null, got {flat['train.max_minutes']!r}")
     if flat["extract.crop"] is not None and flat["extract.crop"] <= 0:
         raise ConfigError(f"config key 'extract.crop' must be positive or null, got {flat['extract.crop']!r}")
     if flat["extract.num_crops"] <= 0:

@@ -178,6 +178,8 @@ class Trainer:
             self.ddp = self.net
         if self.resume:
             self._load_latest()
+        if cfg["train"]["init_from"] and self.start_epoch == 1:
+            self._init_encoder(cfg["train"]["init_from"])
 
     def _check_sampler_compatible(self) -> None:
         cfg = self.cfg
@@ -443,6 +445,28 @@ class Trainer:
         self.scaler.update()
         return loss.detach(), acc
 
+    def _init_encoder(self, path: str) -> None:
+        """Fine-tuning: the encoder's weights (and BN statistics) from a trained system's
+        ``final.pt`` or an epoch checkpoint; the loss and its class vectors start new, so the
+        speakers may differ. The architecture must be the same (the message names what differs)."""
+        state = checkpoint.load(path)
+        if "model" not in state:
+            raise DataError(f"{path}: no encoder weights ('model') in this checkpoint")
+        missing, unexpected = [], []
+        own = self.net.encoder.state_dict()
+        for k, v in state["model"].items():
+            if k not in own:
+                unexpected.append(k)
+            elif tuple(own[k].shape) != tuple(v.shape):
+                missing.append(f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}")
+        missing += [k for k in own if k not in state["model"]]
+        if missing or unexpected:
+            raise ConfigError(f"config key 'train.init_from': {path} holds another architecture than "
+                              f"model {self.cfg['model']['name']} with these hparams (differs: "
+                              f"{', '.join((missing + unexpected)[:5])})")
+        self.net.encoder.load_state_dict(state["model"])
+        log.info("encoder initialised from %s (loss head new)", path)
+
     def _compile_encoder(self) -> None:
         """``train.compile``: the encoder's forward through ``torch.compile`` (the loss stays eager:
         its input checks would break the graph), falling back to eager with a warning where no
@@ -496,7 +520,11 @@ class Trainer:
                      "%d process(es)", cfg["system"], cfg["model"]["name"], self.num_params / 1e6,
                      cfg["loss"]["name"], self.num_classes, len(self.train_set), len(self.valid_speakers),
                      len(self.valid_trials or []), self.device, self.dist.world_size)
+        budget = cfg["train"]["max_minutes"]
         for epoch in range(self.start_epoch, epochs + 1):
+            if budget is not None and self._over_budget(budget):
+                break
+            t_epoch = time.time()
             stats = self.train_epoch(epoch)
             eer = broadcast_float(self.validate() if self.dist.is_main else 0.0, self.dist)
             lr = self.optimizer.param_groups[0]["lr"]
@@ -505,7 +533,9 @@ class Trainer:
                     self.scheduler.step(eer)
             elif self.scheduler is not None:
                 self.scheduler.step()
-            rec = {"epoch": epoch, "lr": lr, **stats}
+            rec = {"epoch": epoch, "lr": lr, **stats, "epoch_seconds": time.time() - t_epoch}
+            if budget is not None:
+                rec["max_minutes"] = budget
             if eer is not None and not math.isnan(eer):
                 rec["valid_eer"] = eer
             self.history.append(rec)
@@ -520,6 +550,24 @@ class Trainer:
             self._finalize()
         barrier(self.dist)
         return {"history": self.history, "num_params": self.num_params}
+
+    def _over_budget(self, budget_minutes: float) -> bool:
+        """``train.max_minutes``: would the next epoch end past the budget? Spent = the wall time of
+        the epochs in the history (training and validation, resumed runs included); the next epoch is
+        estimated as the mean of the last three. At least one epoch always runs. Every rank reads
+        the same history, so all stop together."""
+        done = [h.get("epoch_seconds", h.get("seconds", 0.0)) for h in self.history]
+        if not done:
+            return False
+        spent = sum(done)
+        estimate = sum(done[-3:]) / len(done[-3:])
+        if spent + estimate <= 60.0 * budget_minutes:
+            return False
+        if self.dist.is_main:
+            log.info("train.max_minutes=%g: %.1f min spent in %d epochs, the next would take about %.1f min; "
+                     "stopping", budget_minutes, spent / 60, len(done), estimate / 60)
+        self.history[-1]["stopped"] = "train.max_minutes"
+        return True
 
     def _finalize(self) -> None:
         k = self.cfg["train"]["average_last"]
