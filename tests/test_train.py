@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -432,3 +433,39 @@ def test_fine_tuning_starts_from_a_trained_encoder_with_a_new_head(tiny_recipe, 
                          *overrides(tiny_recipe, *extra, "model.hparams.hidden_dim=64")])
     assert rc == 2
     assert "holds another architecture" in (tmp_path / "bad" / "train.log").read_text()
+
+
+def test_warmup_and_decay_schedules_per_iteration():
+    from pysv.train.trainer import lr_multiplier
+    # 4 warm-up steps of 20: 1/4, 2/4, 3/4, 1; then exponential to 0.01 at the last step
+    assert [lr_multiplier(s, 4, 20, 0.01, "warmup_exp") for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_multiplier(4, 4, 20, 0.01, "warmup_exp") == pytest.approx(1.0)
+    assert lr_multiplier(19, 4, 20, 0.01, "warmup_exp") == pytest.approx(0.01)
+    assert lr_multiplier(4 + 15 // 2, 4, 20, 0.01, "warmup_exp") == pytest.approx(0.01 ** (7 / 15))
+    assert lr_multiplier(19, 4, 20, 0.01, "warmup_cosine") == pytest.approx(0.01)
+    mid = lr_multiplier(4 + 7.5, 4, 20, 0.01, "warmup_cosine")
+    assert mid == pytest.approx(0.01 + 0.99 * 0.5)
+    assert lr_multiplier(0, 0, 10, 0.1, "warmup_cosine") == pytest.approx(1.0)
+
+
+def test_schedule_and_margin_ramp_in_training(tiny_recipe, tmp_path):
+    # warmup_exp stepped per iteration: the lr recorded after each epoch is base x multiplier(steps done)
+    exp, _ = run_train(tiny_recipe, tmp_path, "thin_resnet34_aamsoftmax.yaml", "train.epochs=2",
+                       "scheduler.name=warmup_exp", "scheduler.warmup_epochs=0.5", "scheduler.min_lr=0.0005",
+                       "train.margin_ramp=[0, 2]", exp_name="sched")
+    from pysv.train.trainer import lr_multiplier
+    cfg = load_config(str(exp / "config.yaml"))
+    t = Trainer(cfg, str(tmp_path / "probe"), DistInfo(), progress=False)
+    t.build()
+    per_epoch = len(t.loader)
+    hist = json.loads((exp / "history.json").read_text())
+    for h in hist:
+        steps = h["epoch"] * per_epoch
+        want = 0.05 * lr_multiplier(steps, round(0.5 * per_epoch), 2 * per_epoch, 0.0005 / 0.05, "warmup_exp")
+        assert h["lr"] == pytest.approx(want, rel=1e-6), h
+    # the margin ramp: 0 before the start, linear, the target from the end on (AAM constants follow)
+    m = cfg["loss"]["hparams"]["margin"]
+    for done, frac in ((0.0, 0.0), (1.0, 0.5), (2.0, 1.0), (5.0, 1.0)):
+        t._ramp_margin(done)
+        assert t.net.loss.margin == pytest.approx(m * frac)
+        assert t.net.loss.cos_m == pytest.approx(math.cos(m * frac))

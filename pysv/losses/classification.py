@@ -51,6 +51,10 @@ class _MarginSoftmax(LossBase):
         self.weight = nn.Parameter(torch.empty(num_classes, embed_dim))
         nn.init.xavier_normal_(self.weight, gain=1.0)
 
+    def set_margin(self, margin: float) -> None:
+        """Change the margin during training (a margin schedule, ``train.margin_ramp``)."""
+        self.margin = float(margin)
+
     def target_logit(self, cos_t: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -102,6 +106,10 @@ class AAMSoftmax(_MarginSoftmax):
         if not margin < math.pi / 2:
             raise ValueError(f"loss 'aamsoftmax': margin (radians) must be < pi/2, got {margin}")
         self.easy_margin = bool(easy_margin)
+        self.set_margin(margin)
+
+    def set_margin(self, margin: float) -> None:
+        super().set_margin(margin)
         self.cos_m = math.cos(margin)
         self.sin_m = math.sin(margin)
         self.th = math.cos(math.pi - margin)  # theta + m > pi  <=>  cos(theta) < th

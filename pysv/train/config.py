@@ -51,11 +51,12 @@ DEFAULTS: Dict[str, Any] = {
         "nesterov": False,
     },
     "scheduler": {
-        "name": "plateau",            # plateau (on validation EER) | step | none
+        "name": "plateau",            # plateau (on validation EER) | step | warmup_exp | warmup_cosine | none
         "factor": 0.8,
         "patience": 3,
         "step_size": 10,
-        "min_lr": 1e-6,
+        "min_lr": 1e-6,               # plateau: floor; warmup_exp / warmup_cosine: the lr reached at the last step
+        "warmup_epochs": 0.0,         # warmup_*: linear warm-up from 0 over this many epochs (per iteration)
     },
     "train": {
         "epochs": 10,
@@ -70,6 +71,7 @@ DEFAULTS: Dict[str, Any] = {
         "keep_checkpoints": 0,        # 0 = keep all epoch checkpoints
         "max_minutes": None,          # time budget: stop after the last epoch that fits (then finalise)
         "init_from": None,            # fine-tuning: encoder weights from this final.pt / checkpoint (new loss head)
+        "margin_ramp": None,          # [start_epoch, end_epoch]: AM/AAM margin ramps 0 -> loss.hparams.margin
     },
     # the system's test protocol: stage 3 always writes full-utterance embeddings (cosine / PLDA)
     # and, when mode is not full, the protocol's embeddings of the test set as well
@@ -93,6 +95,7 @@ OPTIONAL_TYPES: Dict[str, tuple] = {
     "extract.crop": (int,),
     "train.max_minutes": (float, int),
     "train.init_from": (str,),
+    "train.margin_ramp": (list,),
 }
 
 #: test protocols of the ``extract`` block (pysv.embed.MODES)
@@ -204,7 +207,7 @@ def check_values(cfg: Dict[str, Any]) -> None:
     choices = {
         "sampler.kind": ("shuffle", "balanced", "mp_random"),
         "optim.name": ("sgd", "adam", "amsgrad"),
-        "scheduler.name": ("plateau", "step", "none"),
+        "scheduler.name": ("plateau", "step", "warmup_exp", "warmup_cosine", "none"),
         "extract.mode": EXTRACT_MODES,
         "train.precision": ("auto", "fp32", "bf16", "fp16"),
         "data.front_end": ("worker", "device"),
@@ -217,6 +220,13 @@ def check_values(cfg: Dict[str, Any]) -> None:
     for key in positive:
         if flat[key] <= 0:
             raise ConfigError(f"config key '{key}' must be positive, got {flat[key]!r}")
+    ramp = flat["train.margin_ramp"]
+    if ramp is not None and (len(ramp) != 2 or not all(isinstance(v, (int, float)) for v in ramp)
+                             or not 0 <= ramp[0] < ramp[1]):
+        raise ConfigError(f"config key 'train.margin_ramp' must be [start_epoch, end_epoch] with "
+                          f"0 <= start < end, got {ramp!r}")
+    if flat["scheduler.warmup_epochs"] < 0:
+        raise ConfigError("config key 'scheduler.warmup_epochs' must be >= 0")
     if flat["train.max_minutes"] is not None and flat["train.max_minutes"] <= 0:
         raise ConfigError(f"config key 'train.max_minutes' must be positive or null, got {flat['train.max_minutes']!r}")
     if flat["extract.crop"] is not None and flat["extract.crop"] <= 0:

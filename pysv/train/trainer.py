@@ -33,6 +33,18 @@ from pysv.utils.io import DataError, atomic_write, mark_complete
 log = logging.getLogger("pysv.train")
 
 
+def lr_multiplier(step: int, warmup: int, total: int, final_ratio: float, kind: str) -> float:
+    """Learning-rate factor at optimiser step ``step`` (0-based) of ``total``: linear warm-up from 0
+    over ``warmup`` steps, then ``warmup_exp`` (exponential from 1 to ``final_ratio`` at the last
+    step, wespeaker's ExponentialDecrease) or ``warmup_cosine`` (cosine from 1 to ``final_ratio``)."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup - 1))
+    if kind == "warmup_exp":
+        return final_ratio ** t
+    return final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
 class NonFiniteLossError(RuntimeError):
     pass
 
@@ -304,7 +316,19 @@ class Trainer:
                                                               patience=s["patience"], min_lr=s["min_lr"])
         if s["name"] == "step":
             return torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=s["step_size"], gamma=s["factor"])
+        if s["name"] in ("warmup_exp", "warmup_cosine"):
+            per_epoch = len(self.loader)
+            total = max(1, per_epoch * self.cfg["train"]["epochs"])
+            warm = int(round(s["warmup_epochs"] * per_epoch))
+            ratio = s["min_lr"] / self.cfg["optim"]["lr"]
+            return torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, lambda step: lr_multiplier(step, warm, total, ratio, s["name"]))
         return None
+
+    @property
+    def steps_per_iteration_scheduler(self) -> bool:
+        """True for the schedules stepped after every optimiser step (warm-up + decay)."""
+        return self.cfg["scheduler"]["name"] in ("warmup_exp", "warmup_cosine")
 
     # ---- checkpoints ----------------------------------------------------------------------
     @property
@@ -376,6 +400,8 @@ class Trainer:
         for step, batch in enumerate(bar, 1):
             x = batch[0].to(dev, non_blocking=True)
             y = batch[1].to(dev, non_blocking=True)
+            if self.cfg["train"]["margin_ramp"]:
+                self._ramp_margin(epoch - 1 + (step - 1) / len(self.loader))
             if self.device_front is not None:
                 x = self.device_features(x, epoch, batch[2] if len(batch) == 3 else None)
             loss, acc = self.train_step(x, y, epoch, step)
@@ -404,6 +430,17 @@ class Trainer:
         if n_acc:
             stats["accuracy"] = 100.0 * acc_sum.item() / n_acc
         return stats
+
+    def _ramp_margin(self, epochs_done: float) -> None:
+        """``train.margin_ramp: [a, b]``: the AM/AAM-softmax margin is 0 until ``a`` epochs are done,
+        rises linearly to ``loss.hparams.margin`` at ``b`` and stays there (per iteration)."""
+        loss = self.net.loss
+        if not hasattr(loss, "set_margin"):
+            raise ConfigError(f"config key 'train.margin_ramp': loss {self.cfg['loss']['name']!r} has no margin")
+        if not hasattr(self, "_target_margin"):
+            self._target_margin = loss.margin
+        a, b = self.cfg["train"]["margin_ramp"]
+        loss.set_margin(self._target_margin * min(1.0, max(0.0, (epochs_done - a) / (b - a))))
 
     def device_features(self, waveforms: torch.Tensor, epoch: int, plans=None) -> torch.Tensor:
         """The training front end on the device, batched: waveform augmentation of the workers'
@@ -443,6 +480,8 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.net.parameters(), clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.scheduler is not None and self.steps_per_iteration_scheduler:
+            self.scheduler.step()
         return loss.detach(), acc
 
     def _init_encoder(self, path: str) -> None:
@@ -531,7 +570,7 @@ class Trainer:
             if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 if eer is not None and not math.isnan(eer):
                     self.scheduler.step(eer)
-            elif self.scheduler is not None:
+            elif self.scheduler is not None and not self.steps_per_iteration_scheduler:
                 self.scheduler.step()
             rec = {"epoch": epoch, "lr": lr, **stats, "epoch_seconds": time.time() - t_epoch}
             if budget is not None:
