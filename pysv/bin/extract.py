@@ -22,7 +22,7 @@ import logging
 import shutil
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -124,7 +124,8 @@ def main(argv=None) -> int:
 class Job:
     """One set's embeddings under one protocol: what they depend on and where they go."""
 
-    def __init__(self, exp: Path, data: Path, cfg: dict, proto: dict, model_epochs, precision: str = "fp32"):
+    def __init__(self, exp: Path, data: Path, cfg: dict, proto: dict, model_epochs, precision: str = "fp32",
+                 state: Optional[dict] = None):
         from pysv import models as model_lib
         from pysv.train.trainer import features_dir
         self.exp, self.data, self.cfg, self.proto = exp, data, cfg, proto
@@ -137,6 +138,7 @@ class Job:
         self.source = Path(features_dir(str(data), cfg["data"]["feature"]) if self.kind == "features" else data)
         self.model_epochs = model_epochs
         self.precision = precision
+        self.state = state  # the loaded final.pt: read once, for the fingerprint and the model
         table = self.source / ("feats.scp" if self.kind == "features" else "wav.scp")
         protocol = {"mode": self.mode} if self.mode == "full" else dict(proto)
         if self.mode == "crops":
@@ -166,7 +168,8 @@ class Job:
         cfg = checkpoint.config_from_state(state, final)
         proto = resolve_protocol(cfg, args.mode, args.crop_len, args.num_crops, args.overlap)
         epochs = state.get("averaged_epochs") or []
-        return cls(exp, data, cfg, proto, max(epochs) if epochs else None, getattr(args, "precision", "fp32"))
+        return cls(exp, data, cfg, proto, max(epochs) if epochs else None, getattr(args, "precision", "fp32"),
+                   state)
 
     def part_fingerprint(self, job: int, nj: int) -> dict:
         return {**self.fingerprint, "part": {"job": job, "nj": nj}}
@@ -174,7 +177,7 @@ class Job:
     def run(self, job: int, nj: int, device_name: str, batch_seconds=None) -> int:
         import torch
         from pysv.embed import UtteranceReader, default_batch_seconds, embed_utterances, units_per_second
-        from pysv.train.trainer import load_encoder
+        from pysv.train.trainer import encoder_from_state
         part = f".{job}" if job else ""
         if job:
             marker = self.split / f".done{part}"
@@ -183,7 +186,7 @@ class Job:
                 return 0
         device = torch.device("cuda" if device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
                               else "cpu")
-        model, _ = load_encoder(self.exp, device)
+        model = encoder_from_state(self.state, self.cfg, device)
         if batch_seconds is None:
             batch_seconds = default_batch_seconds(device)
         reader = UtteranceReader(self.source, kind=self.kind)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import functools
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -68,8 +67,3 @@ def autocast(precision: str, device: torch.device):
 def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
     """A GradScaler, enabled for fp16 only."""
     return torch.amp.GradScaler(device.type if device.type == "cuda" else "cpu", enabled=precision == "fp16")
-
-
-def float32(device_type: Optional[str] = None):
-    """Context in which autocast is off (for numerically delicate pieces inside a model)."""
-    return torch.autocast(device_type=device_type or "cpu", enabled=False)

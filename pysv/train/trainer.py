@@ -648,9 +648,14 @@ def load_encoder(exp_dir, device="cpu") -> Tuple[nn.Module, Dict[str, Any]]:
         raise DataError(f"missing trained model {path} (run stage 2 for this system)")
     state = checkpoint.load(path)
     cfg = checkpoint.config_from_state(state, path)
+    return encoder_from_state(state, cfg, device), cfg
+
+
+def encoder_from_state(state: Dict[str, Any], cfg: Dict[str, Any], device="cpu") -> nn.Module:
+    """The encoder of a loaded ``final.pt`` state and its config, in eval mode on ``device``."""
     model = model_lib.build(cfg["model"]["name"], **cfg["model"]["hparams"])
     model.load_state_dict(state["model"])
-    return model.to(device).eval(), cfg
+    return model.to(device).eval()
 
 
 class _CompileOrEager(nn.Module):
