@@ -94,7 +94,7 @@ if [[ $stage -le 1 && $stop_stage -ge 1 ]]; then
   feats=$(for s in $system_list; do python -m pysv.bin.systems get "$s" data.feature; done | sort -u | grep -v '^$' || true)
   for feat in $feats; do
     for set in $train_set $test_set; do
-      steps/make_features.sh --nj "$nj" --cmd "$cpu_cmd" --force "$force" "conf/$feat.yaml" "data/$set" "data/${set}_$feat"
+      steps/make_features.sh --nj "$nj" --cmd "$cpu_cmd" --force "$force" "$feat" "data/$set" "data/${set}_$(basename "$feat" .yaml)"
     done
   done
 fi
@@ -138,7 +138,7 @@ if [[ $stage -le 3 && $stop_stage -ge 3 ]]; then
     for set in $train_set $test_set; do
       steps/extract_embeddings.sh --nj "$nj" --cmd "$cpu_cmd" --force "$force" --precision "$extract_precision" --mode full "$exp/$sys" "data/$set"
     done
-    # ... and the test set under the system's own protocol (crops: seeds 000/002, tta: RawNet2)
+    # ... and the test set under the system's own protocol (crops: MP-2021 / MP-2020, tta: RawNet2)
     mode=$(protocol "$sys")
     if [[ $mode != full ]]; then
       steps/extract_embeddings.sh --nj "$nj" --cmd "$cpu_cmd" --force "$force" --precision "$extract_precision" --mode "$mode" "$exp/$sys" "data/$test_set"

@@ -73,7 +73,7 @@ def main() -> None:
         a, b = float(np.median(per_item)), float(np.median(batched))
         print(f"| {name} | {a:.0f} | {b:.0f} | {b / a:.2f}x |", flush=True)
 
-    from pysv.data.augment import WaveformAugmentor
+    from pysv.data.waveform_augment import WaveformAugmentor
     plans = make_plans(args.batch, n, rng, Path(args.rir_dir))
     print()
     print("| augmentation + features | worker path crops/s (1 worker) | device path crops/s (batched) | ratio |")
@@ -94,14 +94,15 @@ def main() -> None:
             sync()
             batched.append(args.batch / (time.perf_counter() - t0))
         a, b = float(np.median(per_item[1:])), float(np.median(batched[1:]))
-        kinds = ", ".join(f"{kind} {sum(p.kind == kind for p in plans)}" for kind in ("noise", "music", "babble", "reverb"))
+        kinds = ", ".join(f"{kind} {sum(p.kind == kind for p in plans)}"
+                          for kind in ("noise", "music", "babble", "reverb"))
         print(f"| {name} ({kinds}) | {a:.0f} | {b:.0f} | {b / a:.2f}x |", flush=True)
 
 
 def make_plans(batch: int, n: int, rng: np.random.Generator, rir_dir: Path):
     """Augmentation plans of the Kaldi mix for ``batch`` crops of ``n`` samples (synthetic noise)."""
     import soundfile as sf
-    from pysv.data.augment import AugmentPlan
+    from pysv.data.waveform_augment import AugmentPlan
     rirs = sorted(rir_dir.glob("*.flac")) + sorted(rir_dir.glob("*.wav")) if rir_dir.is_dir() else []
     plans = []
     for i in range(batch):

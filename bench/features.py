@@ -36,7 +36,8 @@ import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
 from pysv import features  # noqa: E402
-from pysv.bin.make_features import ArkWriter, utt_seed  # noqa: E402
+from pysv.bin.make_features import utt_seed  # noqa: E402
+from pysv.utils.stage import ArkWriter  # noqa: E402
 
 
 def peak_rss_mb() -> float:

@@ -3,7 +3,7 @@
 
 Prints a markdown table. "ours" counts every parameter of the module ``pysv.models.build``
 returns; "ours, paper convention" is what the paper's figure counts where that differs
-(seed 001 counts up to the embedding layer; seed 003's "about 6 million" includes the 512 x 1211
+(SAEP counts up to the embedding layer; MLA-SAP's "about 6 million" includes the 512 x 1211
 output layer). "ratio" is ours (paper convention) / paper.
 
     PYTHONPATH=. python bench/param_counts.py
@@ -19,19 +19,19 @@ VOX1_SPEAKERS = 1211
 # (model, hparams, label, convention, paper figure or None, source)
 ROWS = [
     ("thin_resnet34", {}, "SAP, SE blocks (default, = voxceleb_trainer ResNetSE34L)", "all", 1.4e6,
-     "In defence of metric learning (backbone of seeds 000/002): 1.4M"),
+     "In defence of metric learning (backbone of MP-2021 / MP-2020): 1.4M"),
     ("thin_resnet34", {"se": False}, "SAP, no SE", "all", 1.4e6, "idem"),
     ("thin_resnet34", {"pooling": "tap"}, "TAP", "all", None, ""),
     ("thin_resnet34", {"pooling": "asp"}, "ASP", "all", None, ""),
     ("xvector", {}, "30-d MFCC (Kaldi recipe)", "embedding", None, ""),
-    ("xvector", {"feat_dim": 90}, "90-d MFCC+D+DD", "embedding", 4.38e6, "seed 001 Table 1: 4.38M"),
+    ("xvector", {"feat_dim": 90}, "90-d MFCC+D+DD", "embedding", 4.38e6, "SAEP Table 1: 4.38M"),
     ("saep", {"d_k": 512, "d_ff": 2048}, "d_k=d_v=512, d_ff=2048 (default)", "embedding", 1.16e6,
-     "seed 001 Table 1 / sec. 4: 1.16M"),
-    ("saep", {"d_k": 128, "d_ff": 2048}, "d_k=d_v=128, d_ff=2048", "embedding", 0.88e6, "seed 001 sec. 4: 0.88M"),
-    ("saep", {"d_k": 64, "d_ff": 2048}, "d_k=d_v=64, d_ff=2048", "embedding", 0.83e6, "seed 001 sec. 4: 0.83M"),
-    ("saep", {"d_k": 64, "d_ff": 1024}, "d_k=d_v=64, d_ff=1024", "embedding", 0.45e6, "seed 001 sec. 4: 0.45M"),
+     "SAEP Table 1 / sec. 4: 1.16M"),
+    ("saep", {"d_k": 128, "d_ff": 2048}, "d_k=d_v=128, d_ff=2048", "embedding", 0.88e6, "SAEP sec. 4: 0.88M"),
+    ("saep", {"d_k": 64, "d_ff": 2048}, "d_k=d_v=64, d_ff=2048", "embedding", 0.83e6, "SAEP sec. 4: 0.83M"),
+    ("saep", {"d_k": 64, "d_ff": 1024}, "d_k=d_v=64, d_ff=1024", "embedding", 0.45e6, "SAEP sec. 4: 0.45M"),
     ("mla_resnet34", {"encoding": "mla_gap"}, "MLA-GAP (Table 1 baseline)", "classifier", 6.0e6,
-     "seed 003 sec. 2.2: about 6 million"),
+     "MLA-SAP sec. 2.2: about 6 million"),
     ("mla_resnet34", {"encoding": "gap"}, "GAP", "all", None, ""),
     ("mla_resnet34", {"encoding": "sap"}, "SAP", "all", None, ""),
     ("mla_resnet34", {"encoding": "mla_sap"}, "MLA-SAP", "all", None, ""),

@@ -83,9 +83,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    import torch  # noqa: F401  (imported before timing: the scorers use its sparse kernel)
-
-    from pysv.backend import PldaBackend, cosine_score_trials
+    from pysv.backend import PldaBackend, cosine_score_trials  # imports torch (its sparse kernel) before timing
     from pysv.metrics import compute_metrics
 
     rng = np.random.default_rng(args.seed)
@@ -131,7 +129,8 @@ def main():
     t_plda_all, mp = timeit(lambda: compute_metrics(be.score_trials(E, E, ei, ti), labels))
     c_plda_all = CPU["last"]
     print(f"PLDA scoring                      {t_plda:8.3f}")
-    print(f"PLDA + metrics (end to end)       {t_plda_all:8.3f} {c_plda_all:8.3f}   target < 5 s   (EER {mp['eer']:.3f}%)")
+    print(f"PLDA + metrics (end to end)       {t_plda_all:8.3f} {c_plda_all:8.3f}   target < 5 s   "
+          f"(EER {mp['eer']:.3f}%)")
 
     # references
     t_naive_cos, s_naive = timeit(lambda: naive_cosine(E, ei, ti), repeat=1)
@@ -162,7 +161,8 @@ def main():
     t_naive_met, dc = timeit(lambda: naive_error_rates(sl, ll), repeat=1)
     print(f"# load average {os.getloadavg()[0]:.2f} at end")
     print("references (same process)")
-    print(f"naive per-pair np.dot cosine loop {t_naive_cos:8.3f} s   -> vectorized is {t_naive_cos / t_cos:6.1f}x faster")
+    print(f"naive per-pair np.dot cosine loop {t_naive_cos:8.3f} s   "
+          f"-> vectorized is {t_naive_cos / t_cos:6.1f}x faster")
     print(f"PLDA.score on gathered row pairs  {t_rows:8.3f} s   -> score_trials is {t_rows / t_plda:6.1f}x faster")
     print(f"per-pair PLDA LLR loop            {t_loop_full:8.3f} s   (extrapolated from {nsub} trials) "
           f"-> {t_loop_full / t_plda:6.0f}x")

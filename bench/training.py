@@ -69,7 +69,7 @@ def make_corpus(root: Path, num_spk: int, utts: int, seconds: float) -> Path:
         u, s = line.split()
         spk2utt.setdefault(s, []).append(u)
     (data / "spk2utt").write_text("".join(f"{s} {' '.join(v)}\n" for s, v in sorted(spk2utt.items())))
-    (data / "utt2dur").write_text("".join(f"{l.split()[0]} {seconds}\n" for l in u2s))
+    (data / "utt2dur").write_text("".join(f"{line.split()[0]} {seconds}\n" for line in u2s))
     return data
 
 
@@ -290,7 +290,8 @@ def main():
     import logging
     setup_logging(level=logging.WARNING)
 
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if use_cuda else "cpu")
     tmp = Path(tempfile.mkdtemp(prefix="pysv_bench_"))
     need = args.batch * (args.steps + 1)
     num_spk = max(8, args.batch // 2 + 2)
@@ -299,8 +300,10 @@ def main():
           f"{'GPU' if device.type == 'cuda' else 'CPU cores'}), torch threads {torch.get_num_threads()}, "
           f"batch {args.batch}, {args.steps} timed steps, {args.workers} loader workers")
     print("| system | input per sample | params | GFLOP/sample (train step) | pipeline samples/s | "
-          "compute-only samples/s | pipeline/compute | loader wait |" + (" peak GPU memory | MFU |" if device.type == "cuda" else ""))
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if device.type == "cuda" else ""))
+          "compute-only samples/s | pipeline/compute | loader wait |"
+          + (" peak GPU memory | MFU |" if device.type == "cuda" else ""))
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+          + (" ---: | ---: |" if device.type == "cuda" else ""))
     for system in args.systems.split(","):
         cfg = load_config(str(REPO / "conf" / f"{system}.yaml"), [
             f"data.train={data}", f"sampler.batch_size={args.batch}", f"data.num_workers={args.workers}",
@@ -310,12 +313,12 @@ def main():
             make_features.main(["--data", str(data), "--feat-config", feat, "--out", f"{data}_{feat}"])
         trainer = Trainer(cfg, str(tmp / "exp" / system), DistInfo(device=device), progress=False)
         trainer.build()
-        trainer.sampler.set_epoch(1)
-        trainer.train_set.set_epoch(1)
-        loader_iter = iter(trainer.loader)
+        trainer.data.sampler.set_epoch(1)
+        trainer.data.train_set.set_epoch(1)
+        loader_iter = iter(trainer.data.loader)
         run_steps(trainer, loader_iter, 1, device)  # warm-up (worker start, allocator, cudnn autotune)
-        pipe, wait = run_steps(trainer, loader_iter, min(args.steps, len(trainer.loader) - 1), device)
-        cached = [next(iter(trainer.loader))] * args.steps
+        pipe, wait = run_steps(trainer, loader_iter, min(args.steps, len(trainer.data.loader) - 1), device)
+        cached = [next(iter(trainer.data.loader))] * args.steps
         comp, _ = run_steps(trainer, iter(cached), args.steps, device)
         x, y = cached[0]
         flops = step_flops(trainer, x.to(device), y.to(device)) / x.shape[0]
@@ -326,7 +329,8 @@ def main():
             mfu = f"{100 * flops * comp / (peak * 1e12):.1f} %" if peak else "n/a (give --peak-tflops)"
             gpu = f" {torch.cuda.max_memory_allocated(device) / 2 ** 30:.2f} GiB | {mfu} |"
         shape = "×".join(str(d) for d in x.shape[1:])
-        print(f"| {system} | {shape} | {trainer.num_params / 1e6:.2f} M | {flops / 1e9:.2f} | {pipe:.1f} | {comp:.1f} | "
+        print(f"| {system} | {shape} | {trainer.num_params / 1e6:.2f} M | {flops / 1e9:.2f} | "
+              f"{pipe:.1f} | {comp:.1f} | "
               f"{pipe / comp:.2f} | {100 * wait:.0f} % |{gpu}", flush=True)
 
 

@@ -10,34 +10,25 @@
 #   --categories noise,music,speech  --rir-types simulated,real  --nj N --force
 #   --musan-name musan --rirs-name rirs (set names)
 # e.g. local/prepare_augmentation.sh --musan-dir ../shared/data/noise --rirs-dir ../shared/data/rir data
+# The options are those of `python -m pysv.bin.prepare_data musan` and `... rirs`; one left empty
+# takes its default there.
 set -euo pipefail
+musan_dir=               # MUSAN root (or a folder of <category>/ folders)
+rirs_dir=                # RIRS_NOISES root (or its parent), or a folder of RIR files
+categories=              # musan: comma list of categories to keep (default: all found)
+rir_types=               # rirs: comma list of simulated, real (default: both)
+musan_name=              # musan: set / manifest name
+rirs_name=               # rirs: set / manifest name
+check_audio=true         # decode every file fully (false: read the headers only)
 . "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
-musan_dir=
-rirs_dir=
-musan_opts=()
-rirs_opts=()
-script_option() {
-  case "$1" in
-    --musan-dir) musan_dir=$2 ;;
-    --rirs-dir) rirs_dir=$2 ;;
-    --categories) musan_opts+=("$1" "$2") ;;
-    --rir-types) rirs_opts+=("$1" "$2") ;;
-    --musan-name) musan_opts+=(--name "$2") ;;
-    --rirs-name) rirs_opts+=(--name "$2") ;;
-    *) return 1 ;;
-  esac
-}
-parse_prepare_options "" "$@"; set -- ${args[@]+"${args[@]}"}  # "": no python --help (two subcommands)
 if [[ $# -gt 1 ]]; then echo "usage: $0 [--musan-dir DIR] [--rirs-dir DIR] [options] [<data-root>]" >&2; exit 1; fi
-if [[ -z "$musan_dir" && -z "$rirs_dir" ]]; then
+if [[ -z $musan_dir && -z $rirs_dir ]]; then
   echo "$0: give --musan-dir and/or --rirs-dir" >&2; exit 1
 fi
-[[ $# -eq 1 ]] && data=$1
-if [[ -n "$musan_dir" ]]; then
-  run_cmd python -m pysv.bin.prepare_data musan --musan-dir "$musan_dir" ${musan_opts[@]+"${musan_opts[@]}"} \
-    ${opts[@]+"${opts[@]}"} --data-root "$data"
+[[ $# -eq 1 ]] && data_root=$1
+if [[ -n $musan_dir ]]; then
+  prepare musan musan_dir categories -- ${musan_name:+--name "$musan_name"}
 fi
-if [[ -n "$rirs_dir" ]]; then
-  run_cmd python -m pysv.bin.prepare_data rirs --rirs-dir "$rirs_dir" ${rirs_opts[@]+"${rirs_opts[@]}"} \
-    ${opts[@]+"${opts[@]}"} --data-root "$data"
+if [[ -n $rirs_dir ]]; then
+  prepare rirs rirs_dir rir_types -- ${rirs_name:+--name "$rirs_name"}
 fi

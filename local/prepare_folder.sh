@@ -11,20 +11,23 @@
 #   --max-target-trials 0 --nontarget-ratio 1.0 --sample-rate 16000 --on-rate-mismatch refuse|resample
 #   --nj N --force --no-check-audio
 # e.g. local/prepare_folder.sh --name so762 ../shared/data/so762_dev/wav data
-# Every option goes to `python -m pysv.bin.prepare_data folder` (run with --help for the full list).
+# The options are those of `python -m pysv.bin.prepare_data folder` (its help follows the list below);
+# one left empty takes its default there.
 set -euo pipefail
+corpus_dir=              # directory of <speaker>/<utterance>.{wav,flac} (or the first positional argument)
+name=                    # set / corpus name: sets <name>_train, <name>_test
+test_corpus_dir=         # separate test directory of the same layout (then all of the corpus is training)
+test_speakers=           # file with one test speaker id per line
+test_fraction=           # fraction of speakers drawn (seeded) as test speakers otherwise (0: no test set)
+seed=                    # seed of the speaker split and the trial sampling
+max_target_trials=       # a seeded sample of at most this many target trials (0: all)
+nontarget_ratio=         # non-target trials per target trial
+check_audio=true         # decode every file fully (false: read the headers only)
+help_more() { python -m pysv.bin.prepare_data folder --help; }
 . "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
-corpus=
-script_option() {
-  case "$1" in
-    --corpus-dir) corpus=$2 ;;
-    *) return 1 ;;
-  esac
-}
-parse_prepare_options folder "$@"; set -- ${args[@]+"${args[@]}"}
-[[ $# -ge 1 ]] && { corpus=$1; shift; }
-[[ $# -ge 1 ]] && { data=$1; shift; }
-if [[ $# -gt 0 || -z "$corpus" ]]; then
+[[ $# -ge 1 ]] && { corpus_dir=$1; shift; }
+[[ $# -ge 1 ]] && { data_root=$1; shift; }
+if [[ $# -gt 0 || -z $corpus_dir ]]; then
   echo "usage: $0 [options] <corpus-dir> [<data-root>]   (or --corpus-dir DIR --data-root DIR; see --help)" >&2; exit 1
 fi
-run_cmd python -m pysv.bin.prepare_data folder --corpus-dir "$corpus" ${opts[@]+"${opts[@]}"} --data-root "$data"
+prepare folder corpus_dir name test_corpus_dir test_speakers test_fraction seed max_target_trials nontarget_ratio

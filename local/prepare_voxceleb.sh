@@ -11,10 +11,21 @@
 #   --nj N --check-audio (decode every file; off by default at this scale) --force
 # e.g. local/prepare_voxceleb.sh --vox1-dir /corpora/voxceleb1 --vox2-dir /corpora/voxceleb2 \
 #        --trials-dir /corpora/voxceleb1/lists data
-# Every option goes to `python -m pysv.bin.prepare_data voxceleb` (run with --help for the full list).
+# The options are those of `python -m pysv.bin.prepare_data voxceleb` (its help follows the list
+# below); one left empty takes its default there.
 set -euo pipefail
+vox1_dir=()              # VoxCeleb1 directory (wav/idXXXXX/<video>/<nnnnn>.wav); repeat for dev and test downloads
+vox2_dir=                # VoxCeleb2 directory (dev/wav/ or wav/ holding idXXXXX/<video>/<nnnnn>.wav)
+train_corpora=           # comma list from vox2_dev, vox1_dev, or none
+trials_dir=              # directory with veri_test2.txt (O), list_test_all2.txt (E), list_test_hard2.txt (H)
+vox1_o=                  # Vox1-O trial list (overrides --trials-dir)
+vox1_e=                  # Vox1-E trial list
+vox1_h=                  # Vox1-H trial list
+train_set_name=          # training set name
+test_set_name=           # test set name
+check_audio=false        # true: decode every file fully (else the headers only)
+help_more() { python -m pysv.bin.prepare_data voxceleb --help; }
 . "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
-parse_prepare_options voxceleb "$@"; set -- ${args[@]+"${args[@]}"}
 if [[ $# -gt 1 ]]; then echo "usage: $0 [options] [<data-root>]  (see --help)" >&2; exit 1; fi
-[[ $# -eq 1 ]] && data=$1
-run_cmd python -m pysv.bin.prepare_data voxceleb ${opts[@]+"${opts[@]}"} --data-root "$data"
+[[ $# -eq 1 ]] && data_root=$1
+prepare voxceleb vox1_dir vox2_dir train_corpora trials_dir vox1_o vox1_e vox1_h train_set_name test_set_name

@@ -7,19 +7,23 @@ Modes (``mode``):
   ``lengths``: every encoder masks padding, so an embedding equals the unbatched one to float
   rounding (tested to 1e-4 relative), and memory holds one window, never the whole set.
 - ``crops``: ``num_crops`` (10) evenly spaced crops of ``crop_len`` covering the utterance, kept as
-  a ``[num_crops, D]`` matrix (seed 000 §4.2, voxceleb_trainer's evaluation).
-- ``tta``: crops of the training length with 20 % overlap, embeddings averaged (seed 004 §4).
+  a ``[num_crops, D]`` matrix (MP-2021 §4.2, voxceleb_trainer's evaluation).
+- ``tta``: crops of the training length with 20 % overlap, embeddings averaged (RawNet2 §4).
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional
 
+import kaldiio
 import numpy as np
+import soundfile as sf
 import torch
 from tqdm import tqdm
 
 from pysv.data.crops import even_crops, gather_crops, sliding_crops
+from pysv.features import build as build_features
+from pysv.train import precision as precision_lib
 from pysv.utils.io import DataError, read_table
 
 MODES = ("full", "crops", "tta")
@@ -33,7 +37,6 @@ class UtteranceReader:
 
     def __init__(self, data_dir, kind: str = "features", feature_extractor: Optional[Callable] = None,
                  sample_rate: int = 16000):
-        import kaldiio
         self.data_dir = Path(data_dir)
         self.kind = kind
         self.sample_rate = sample_rate
@@ -63,7 +66,6 @@ class UtteranceReader:
                 return np.asarray(self._feats[utt], dtype=np.float32)
             except Exception as e:  # missing or truncated ark
                 raise DataError(f"cannot read features of utterance '{utt}' ({self.table[utt]}): {e}") from e
-        import soundfile as sf
         path = self.table[utt]
         try:
             samples, sr = sf.read(path, dtype="float32", always_2d=True)
@@ -105,7 +107,6 @@ def embed_utterances(model: torch.nn.Module, reader: UtteranceReader, utts: Iter
 
     ``batch_frames`` > 0 batches full-mode utterances by length (see the module doc); ``precision``
     (``fp32`` | ``bf16`` | ``auto``, :mod:`pysv.train.precision`) is the autocast of the forward."""
-    from pysv.train import precision as precision_lib
     device = torch.device(device)
     prec = precision_lib.resolve(precision, device)
     utts = list(utts)
@@ -142,7 +143,6 @@ def units_per_second(cfg: dict, input_kind: str) -> int:
     resolved config: what ``batch_frames`` counts."""
     if input_kind == "waveform":
         return int(cfg["model"]["hparams"].get("sample_rate", 16000))
-    from pysv.features import build as build_features
     return int(round(1.0 / build_features(cfg["data"]["feature"]).frame_shift_seconds))
 
 
@@ -178,17 +178,3 @@ def _embed_batched(model: torch.nn.Module, items, device, batch_frames: int):
     if batch:
         yield from flush()
 
-
-def cosine_trial_scores(emb: Dict[str, np.ndarray], trials) -> np.ndarray:
-    """Cosine score of each ``(enroll, test, label)`` trial (vectorized over trials)."""
-    keys = sorted(emb)
-    index = {k: i for i, k in enumerate(keys)}
-    mat = np.stack([emb[k] for k in keys]).astype(np.float64)
-    mat /= np.linalg.norm(mat, axis=1, keepdims=True) + 1e-12
-    missing = [t for t in trials if t[0] not in index or t[1] not in index]
-    if missing:
-        a, b, _ = missing[0]
-        raise DataError(f"trial '{a} {b}' names an utterance with no embedding")
-    ia = np.fromiter((index[t[0]] for t in trials), dtype=np.int64, count=len(trials))
-    ib = np.fromiter((index[t[1]] for t in trials), dtype=np.int64, count=len(trials))
-    return np.einsum("ij,ij->i", mat[ia], mat[ib])

@@ -11,32 +11,31 @@ Public entry point (fixed by ``../shared/DESIGN.md``)::
     ext = pysv.features.build("fbank40", dither=0.0)   # or a yaml path; key=value overrides
     feats = ext(samples, 16000)                          # float32 [frames, ext.dim]
 
-Named configurations (``conf/<name>.yaml``; the same defaults are built in below):
+Named configurations (``pysv/feature_configs/<name>.yaml``, linked from the recipe's ``conf/``):
 
-* ``fbank40`` -- 40 log mel filterbanks, 25/10 ms, 16 kHz, no CMVN (seeds 000/002, voxceleb_trainer-style
+* ``fbank40`` -- 40 log mel filterbanks, 25/10 ms, 16 kHz, no CMVN (MP-2021 / MP-2020, voxceleb_trainer-style
   front-end; voxceleb_trainer normalizes per utterance inside the model with InstanceNorm).
 * ``fbank64`` -- 64 log mel filterbanks with sliding-window mean/variance normalization over up to 3 s
-  (seed 003 Sec. 4.2), as ``apply-cmvn-sliding --norm-vars=true --center=true --cmn-window=300``.
+  (MLA-SAP Sec. 4.2), as ``apply-cmvn-sliding --norm-vars=true --center=true --cmn-window=300``.
 * ``mfcc30`` -- 30 MFCCs (30 mel bins) + deltas + double deltas (``add-deltas``, window 2) = 90 dims,
-  per-utterance mean and variance normalization (seed 001 Sec. 3).
+  per-utterance mean and variance normalization (SAEP Sec. 3).
 
 See ``docs/features.md`` for every option.
 """
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
 import numpy as np
+import torch
 import yaml
+from scipy.signal import resample_poly
 
-from pysv.utils.io import DataError
+from pysv.utils.io import DataError, load_yaml
 
-# torch is imported where it is used, so that reading/validating configs stays light (no 2 s import).
-
-__all__ = ["build", "load_config", "resolve_config", "FeatureExtractor", "FEATURE_NAMES", "BUILTIN_CONFIGS",
+__all__ = ["build", "load_config", "resolve_config", "FeatureExtractor", "FEATURE_NAMES",
            "apply_deltas", "apply_cmvn", "apply_sliding_cmvn", "mel_banks", "feature_window",
            "dct_matrix", "lifter_coeffs", "num_frames", "config_to_yaml", "feature_dim"]
 
@@ -82,24 +81,9 @@ _TYPE_DEFAULTS: Dict[str, Dict[str, Any]] = {
     "mfcc": {"num_ceps": 13, "cepstral_lifter": 22.0, "use_energy": True},
 }
 
-# The named configurations (also shipped as conf/<name>.yaml; a test keeps the two identical).
-BUILTIN_CONFIGS: Dict[str, Dict[str, Any]] = {
-    "fbank40": {
-        "name": "fbank40", "type": "fbank", "num_mel_bins": 40,
-        "cmvn": "none",
-    },
-    "fbank64": {
-        "name": "fbank64", "type": "fbank", "num_mel_bins": 64,
-        "cmvn": "sliding", "cmvn_norm_vars": True, "cmvn_window": 300, "cmvn_center": True,
-    },
-    "mfcc30": {
-        "name": "mfcc30", "type": "mfcc", "num_mel_bins": 30, "num_ceps": 30,
-        "low_freq": 20.0, "high_freq": 7600.0, "use_energy": True,
-        "delta_order": 2, "delta_window": 2,
-        "cmvn": "utterance", "cmvn_norm_vars": True,
-    },
-}
-FEATURE_NAMES = tuple(BUILTIN_CONFIGS)
+# The named configurations: pysv/feature_configs/<name>.yaml (the recipe's conf/<name>.yaml links there).
+FEATURE_CONFIG_DIR = Path(__file__).resolve().parent / "feature_configs"
+FEATURE_NAMES = tuple(sorted(p.stem for p in FEATURE_CONFIG_DIR.glob("*.yaml")))
 
 # Accepted spellings of option names (Kaldi command-line names, knf names).
 _ALIASES = {
@@ -111,8 +95,6 @@ _ALIASES = {
     "min_cmn_window": "cmvn_min_window", "delta_order": "delta_order", "order": "delta_order",
 }
 _WINDOWS = ("povey", "hamming", "hanning", "hann", "sine", "rectangular", "blackman")
-
-_REPO_CONF = Path(__file__).resolve().parent.parent / "conf"
 
 
 def _canon_key(key: str) -> str:
@@ -129,20 +111,12 @@ def _kaldi_defaults(feat_type: str) -> Dict[str, Any]:
 
 
 def load_config(name_or_path: Union[str, Path]) -> Dict[str, Any]:
-    """Raw (unresolved) options of a named config (``conf/<name>.yaml`` or the built-in copy) or a yaml file."""
+    """Raw (unresolved) options of a named config (:data:`FEATURE_NAMES`) or of a yaml file."""
     s = str(name_or_path)
-    path = Path(s)
-    if s in BUILTIN_CONFIGS:
-        repo_yaml = _REPO_CONF / f"{s}.yaml"
-        # conf/ of the source checkout this module lives in (not some unrelated conf/ next to site-packages)
-        if repo_yaml.is_file() and (_REPO_CONF.parent / "pyproject.toml").is_file():
-            path = repo_yaml
-        else:
-            return copy.deepcopy(BUILTIN_CONFIGS[s])
+    path = FEATURE_CONFIG_DIR / f"{s}.yaml" if s in FEATURE_NAMES else Path(s)
     if not path.is_file():
         raise FileNotFoundError(
             f"feature config {s!r} is neither a known name ({', '.join(FEATURE_NAMES)}) nor a yaml file")
-    from pysv.utils.io import load_yaml
     data = load_yaml(path, ValueError) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of options, got {type(data).__name__}")
@@ -354,7 +328,6 @@ def apply_deltas(feats: np.ndarray, order: int = 2, window: int = 2) -> np.ndarr
     Each block is Kaldi's regression window ``scales[i]`` (``delta_scales``) correlated along time with the
     edge-replicated features (Kaldi's clamping of the frame index). numpy wrapper of :func:`deltas_torch`.
     """
-    import torch
     feats = np.asarray(feats, dtype=np.float32)
     return deltas_torch(torch.from_numpy(feats)[None], order, window)[0].numpy()
 
@@ -362,7 +335,6 @@ def apply_deltas(feats: np.ndarray, order: int = 2, window: int = 2) -> np.ndarr
 def deltas_torch(x, order: int = 2, window: int = 2):
     """:func:`apply_deltas` on a batch ``[B, T, D]`` of equal-length feature tensors (any device);
     accumulated in float64 as ``scipy.ndimage.correlate1d``, returned as float32."""
-    import torch
     if order == 0:
         return x
     b, t, d = x.shape
@@ -383,14 +355,12 @@ def apply_cmvn(feats: np.ndarray, norm_vars: bool = False) -> np.ndarray:
     Stats in float64; the offset/scale are applied in float32, as Kaldi's ``ApplyCmvn`` does.
     numpy wrapper of :func:`cmvn_torch`.
     """
-    import torch
     x = np.asarray(feats, dtype=np.float32)
     return cmvn_torch(torch.from_numpy(x)[None], norm_vars)[0].numpy()
 
 
 def cmvn_torch(x, norm_vars: bool = False):
     """:func:`apply_cmvn` on a batch ``[B, T, D]`` (each row normalised with its own stats)."""
-    import torch
     count = x.shape[1]
     xf = x.float()
     mean = x.double().sum(1, keepdim=True) / count
@@ -425,7 +395,6 @@ def apply_sliding_cmvn(feats: np.ndarray, window: int = 600, center: bool = Fals
                        norm_vars: bool = False) -> np.ndarray:
     """Kaldi ``apply-cmvn-sliding`` (``SlidingWindowCmnInternal``), vectorized with float64 cumulative
     sums; numpy wrapper of :func:`sliding_cmvn_torch`."""
-    import torch
     x = np.asarray(feats, dtype=np.float32)
     if x.shape[0] == 0:
         return x.copy()
@@ -434,7 +403,6 @@ def apply_sliding_cmvn(feats: np.ndarray, window: int = 600, center: bool = Fals
 
 def sliding_cmvn_torch(x, window: int = 600, center: bool = False, min_window: int = 100, norm_vars: bool = False):
     """:func:`apply_sliding_cmvn` on a batch ``[B, T, D]`` of equal-length feature tensors."""
-    import torch
     t = x.shape[1]
     start_np, end_np = _sliding_windows(t, window, center, min_window)
     xd = x.double()
@@ -473,7 +441,6 @@ class FeatureExtractor:
     """
 
     def __init__(self, config: Mapping[str, Any]):
-        import torch
         cfg = resolve_config(config)
         self.config = cfg
         self.name = cfg["name"]
@@ -520,14 +487,6 @@ class FeatureExtractor:
         return num_frames(int(num_samples), self.frame_length_samples, self.frame_shift_samples,
                           self.config["snip_edges"])
 
-    def to_yaml(self) -> str:
-        return config_to_yaml(self.config)
-
-    def reseed(self, seed: int) -> None:
-        """Reset the dither RNG (make_features seeds it per utterance so output is independent of --nj)."""
-        import torch
-        self._gen = torch.Generator().manual_seed(int(seed))
-
     # -- input checks -----------------------------------------------------------------------
     def prepare(self, samples, sample_rate: int) -> np.ndarray:
         """Validate audio and return float32 mono samples at ``self.sample_rate`` (raises DataError)."""
@@ -565,7 +524,6 @@ class FeatureExtractor:
             if cfg["resample"] != "resample":
                 raise DataError(f"sample rate {sr} Hz differs from the configured {self.sample_rate} Hz; "
                                 f"enable resampling with the option resample=resample (or convert the audio)")
-            from scipy.signal import resample_poly
             g = math.gcd(sr, self.sample_rate)
             x = resample_poly(x, self.sample_rate // g, sr // g).astype(np.float32)
         if not np.isfinite(x).all():
@@ -586,13 +544,11 @@ class FeatureExtractor:
 
     def compute_base(self, x: np.ndarray, seed: Optional[int] = None) -> np.ndarray:
         """Kaldi fbank / MFCC of prepared samples, before deltas and CMVN: float32 ``[frames, base_dim]``."""
-        import torch
         w = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None]
         return self.base_torch(self._dithered(w, seed))[0].numpy()
 
     def postprocess(self, base: np.ndarray) -> np.ndarray:
         """Deltas (``add-deltas``) then CMVN (``apply-cmvn`` per utterance or ``apply-cmvn-sliding``)."""
-        import torch
         feats = torch.from_numpy(np.ascontiguousarray(base, dtype=np.float32))[None]
         return np.ascontiguousarray(self.postprocess_torch(feats)[0].numpy(), dtype=np.float32)
 
@@ -603,7 +559,6 @@ class FeatureExtractor:
         computation as ``__call__`` on each row (which validates its input; this does not). Dither,
         when configured, draws from ``generator`` (a CPU ``torch.Generator``; default the
         extractor's own)."""
-        import torch
         if w.device.type == "cpu" and w.shape[0] > self.CPU_CHUNK:
             # on a CPU, a few rows at a time stay in cache: 2.5x the crops/s of one 128-row pass
             return torch.cat([self.batch(w[i:i + self.CPU_CHUNK], generator)
@@ -614,7 +569,6 @@ class FeatureExtractor:
     CPU_CHUNK = 8
 
     def _dithered(self, w, seed: Optional[int] = None, generator=None):
-        import torch
         dither = self.config["dither"]
         if dither == 0.0:
             return w
@@ -636,7 +590,6 @@ class FeatureExtractor:
 
     def base_torch(self, w):
         """Kaldi fbank / MFCC of ``[B, samples]`` waveforms, before deltas and CMVN: ``[B, frames, base_dim]``."""
-        import torch
         cfg = self.config
         L, S, P = self.frame_length_samples, self.frame_shift_samples, self.padded_window
         B, n = w.shape

@@ -4,66 +4,38 @@
 # Usage: steps/make_features.sh [options] <feat-config> <data-dir> <out-dir> [key=value ...]
 #  e.g.: steps/make_features.sh --nj 8 --cmd "$cpu_cmd" fbank40 data/voxceleb1_dev data/voxceleb1_dev_fbank40
 #
-#  <feat-config>  fbank40 | fbank64 | mfcc30 (conf/<name>.yaml) or a path to a yaml file
+#  <feat-config>  fbank40 | fbank64 | mfcc30 (pysv/feature_configs/<name>.yaml) or a path to a yaml file
 #  <data-dir>     Kaldi data dir with wav.scp (plain audio paths); utt2spk, spk2utt, utt2dur, trials* are copied
 #  <out-dir>      output data dir: feats.scp, utt2num_frames, feat_conf.yaml, .done, data/feats.JOB.ark, log/
 #  key=value      feature option overrides, e.g. dither=0 resample=resample channel=0
-# Options:
-#  --nj <n>       number of parallel jobs (contiguous splits of the sorted wav.scp)       [default: 4]
-#  --cmd <cmd>    job launcher with Kaldi's run.pl interface                 [default: $cpu_cmd from cmd.sh]
-#  --force <bool> recompute even if <out-dir>/.done is up to date                       [default: false]
 #
 # Runs  $cmd JOB=1:$nj <out-dir>/log/make_feats.JOB.log python -m pysv.bin.make_features ... --job JOB --nj $nj
-# then the merge. Skipped when <out-dir>/.done is newer than the inputs and matches the options.
-# A job whose outputs are complete is skipped, so re-running after a failure or a kill finishes the work.
+# then the merge. Skipped when <out-dir>/.done records these options, this wav.scp and the text files
+# it copies. A job whose outputs are complete is skipped, so re-running after a failure or a kill
+# finishes the work.
 set -euo pipefail
 
-nj=4
-cmd=
-force=false
+nj=4         # number of parallel jobs (contiguous splits of the sorted wav.scp)
+cmd=         # job launcher with Kaldi's run.pl interface (default: $cpu_cmd from cmd.sh)
+force=false  # true: recompute even if <out-dir> is complete
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-if [[ -f path.sh ]]; then . ./path.sh; elif [[ -f $root/path.sh ]]; then . "$root/path.sh"; fi
-if [[ -f cmd.sh ]]; then . ./cmd.sh; elif [[ -f $root/cmd.sh ]]; then . "$root/cmd.sh"; fi
-# The package need not be installed: put the repository on the Python path.
-export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
-
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
-
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --nj) nj=$2; shift 2 ;;
-    --nj=*) nj=${1#*=}; shift ;;
-    --cmd) cmd=$2; shift 2 ;;
-    --cmd=*) cmd=${1#*=}; shift ;;
-    --force) force=$2; shift 2 ;;
-    --force=*) force=${1#*=}; shift ;;
-    -h|--help) usage; exit 0 ;;
-    --) shift; break ;;
-    --*) echo "$0: unknown option $1" >&2; usage >&2; exit 1 ;;
-    *) break ;;
-  esac
-done
-if [[ $# -lt 3 ]]; then usage >&2; exit 1; fi
+. "$(dirname "${BASH_SOURCE[0]}")/../utils/parse_options.sh"
+if [[ $# -lt 3 ]]; then
+  echo "usage: $0 [options] <feat-config> <data-dir> <out-dir> [key=value ...]  (see --help)" >&2; exit 1
+fi
 conf=$1; data=$2; out=$3; shift 3
 overrides=("$@")
 for kv in "${overrides[@]+"${overrides[@]}"}"; do
   [[ $kv == *=* ]] || { echo "$0: override '$kv' is not key=value" >&2; exit 1; }
 done
-[[ -n $cmd ]] || cmd=${cpu_cmd:-$root/steps/launch/local.sh}
-# a launcher given relative to the repository (steps/launch/local.sh) works from any directory
-read -r -a cmd_words <<<"$cmd"
-if [[ ! -x ${cmd_words[0]} && -x $root/${cmd_words[0]} ]]; then cmd_words[0]=$root/${cmd_words[0]}; fi
+. "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 
 # ---- validate inputs
 [[ $nj =~ ^[1-9][0-9]*$ ]] || { echo "$0: --nj must be a positive integer, got '$nj'" >&2; exit 1; }
 [[ -d $data ]] || { echo "$0: data dir not found: $data" >&2; exit 1; }
 [[ -s $data/wav.scp ]] || { echo "$0: missing or empty $data/wav.scp" >&2; exit 1; }
-conf_file=
-if [[ -f $conf ]]; then conf_file=$conf
-elif [[ -f $root/conf/$conf.yaml ]]; then conf_file=$root/conf/$conf.yaml
-elif [[ $conf != fbank40 && $conf != fbank64 && $conf != mfcc30 ]]; then
-  echo "$0: feature config '$conf' is neither a file nor one of fbank40, fbank64, mfcc30" >&2; exit 1
+if [[ ! -f $conf && ! -f $root/pysv/feature_configs/$conf.yaml ]]; then
+  echo "$0: feature config '$conf' is neither a file nor a name in pysv/feature_configs/" >&2; exit 1
 fi
 num_utts=$(wc -l <"$data/wav.scp")
 if [[ $nj -gt $num_utts ]]; then
@@ -72,16 +44,10 @@ fi
 
 py=(python -m pysv.bin.make_features --data "$data" --feat-config "$conf" --out "$out")
 
-# ---- skip if complete and newer than every input
-if [[ $force != true && -f $out/.done && -f $out/feats.scp ]]; then
-  uptodate=true
-  for f in "$data"/wav.scp "$data"/utt2spk "$data"/spk2utt "$data"/utt2dur $conf_file; do
-    if [[ -f $f && $f -nt $out/.done ]]; then uptodate=false; fi
-  done
-  if $uptodate && "${py[@]}" --is-done "${overrides[@]+"${overrides[@]}"}" 2>/dev/null; then
-    echo "$0: $out is complete and up to date ($out/.done), skipping"
-    exit 0
-  fi
+# ---- skip if complete for these options and inputs
+if [[ $force != true ]] && "${py[@]}" --is-done "${overrides[@]+"${overrides[@]}"}" 2>/dev/null; then
+  echo "$0: $out is complete for these options and inputs ($out/.done), skipping"
+  exit 0
 fi
 if [[ $force == true ]]; then rm -f "$out/.done" "$out"/data/.done.*; fi
 

@@ -16,8 +16,8 @@ def tiny_recipe(tmp_path_factory):
     ``test`` data dirs and their fbank40 feature dirs.
     """
     from pysv.bin import make_features
-    from pysv.data.mini_corpus import MiniConfig
-    from pysv.data.prepare import prepare_mini
+    from pysv.data.corpora.mini import prepare_mini
+    from pysv.data.corpora.mini_synth import MiniConfig
 
     root = tmp_path_factory.mktemp("recipe")
     data = root / "data"

@@ -1,13 +1,19 @@
-"""Waveform augmentation (MUSAN-style noise/music/babble, RIR reverb), SpecAugment and their config builders."""
+"""Waveform augmentation (MUSAN-style noise/music/babble, RIR reverb) from the sets stage 0 prepares,
+SpecAugment, and their config builders."""
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
-from pysv.data.augment import (SpecAugment, build_augmentor, build_spec_augment,
-                               load_audio_list, mix_at_snr, read_segment, reverberate)
+from pysv.data.corpora.musan import prepare_musan
+from pysv.data.corpora.rirs import prepare_rirs
+from pysv.data.prepare import AudioOptions
+from pysv.data.spec_augment import SpecAugment, build_spec_augment
+from pysv.data.waveform_augment import build_augmentor, load_audio_list, mix_at_snr, read_segment, reverberate
 from pysv.utils.io import DataError
 
 torch.set_num_threads(2)
@@ -25,28 +31,28 @@ def _write(path, x, sr=SR):
     return path
 
 
+def prepared_noise(src, data_root):
+    """Stage 0 on a folder of noise categories: the recordings manifest training reads."""
+    prepare_musan(src, data_root, audio_opts=AudioOptions(progress=False))
+    return data_root / "manifests" / "musan_recordings.jsonl.gz"
+
+
 @pytest.fixture()
 def corpus(tmp_path):
-    """Kaldi-style MUSAN dir (noise + music, no speech), RIR dir and a 9-speaker training dir."""
+    """Stage-0 noise set (noise + music, no speech), RIR set and a 9-speaker training dir."""
     rng = np.random.default_rng(0)
-    musan = tmp_path / "musan"
-    files = {"noise-long": ("noise", rng.normal(0, 0.1, 20000)),
-             "noise-short": ("noise", rng.normal(0, 0.3, 700)),  # shorter than a crop: wrapped
-             "music-a": ("music", np.sin(np.arange(15000) * 0.05) * 0.2)}
-    wav, cat = [], []
-    for rid, (c, x) in files.items():
-        p = _write(musan / "audio" / f"{rid}.wav", x)
-        wav.append(f"{rid} {p}\n")
-        cat.append(f"{rid} {c}\n")
-    (musan / "wav.scp").write_text("".join(wav))
-    (musan / "utt2category").write_text("".join(cat))
+    src = tmp_path / "musan_src"
+    _write(src / "noise" / "noise-long.wav", rng.normal(0, 0.1, 20000))
+    _write(src / "noise" / "noise-short.wav", rng.normal(0, 0.3, 700))  # shorter than a crop: wrapped
+    _write(src / "music" / "music-a.wav", np.sin(np.arange(15000) * 0.05) * 0.2)
+    musan = prepared_noise(src, tmp_path / "data")
 
-    rirs = tmp_path / "rirs"
     t = np.arange(1600)
     h = rng.normal(0, 1, 1600) * np.exp(-t / 200.0) * 0.1
     h[40] = 1.0
-    p = _write(rirs / "room1.wav", h)
-    (rirs / "wav.scp").write_text(f"room1 {p}\n")
+    _write(tmp_path / "rirs_src" / "room1.wav", h)
+    prepare_rirs(tmp_path / "rirs_src", tmp_path / "data", audio_opts=AudioOptions(progress=False))
+    rirs = tmp_path / "data" / "manifests" / "rirs_recordings.jsonl.gz"
 
     train = tmp_path / "train"
     wav, u2s = [], []
@@ -159,16 +165,14 @@ def test_single_talker_babble_snr(corpus):
     assert snr_db(x, y) == pytest.approx(info["snrs"][0], abs=0.01)
 
 
-def test_babble_prefers_musan_speech_and_lhotse_manifest(tmp_path, corpus):
-    lhotse = pytest.importorskip("lhotse")
+def test_babble_prefers_musan_speech(tmp_path, corpus):
     rng = np.random.default_rng(2)
-    recs = []
-    for rid in ("noise-free-sound-0001", "music-fma-0001", "speech-librivox-0001", "speech-librivox-0002",
-                "speech-us-gov-0003", "speech-us-gov-0004"):
-        p = _write(tmp_path / "m" / f"{rid}.wav", rng.normal(0, 0.1, 6000))
-        recs.append(lhotse.Recording.from_file(p, recording_id=rid))
-    manifest = tmp_path / "musan_recordings.jsonl.gz"
-    lhotse.RecordingSet.from_recordings(recs).to_file(manifest)
+    src = tmp_path / "musan"  # the MUSAN layout: <category>/<source>/<file>
+    for rel in ("noise/free-sound/noise-free-sound-0001", "music/fma/music-fma-0001",
+                "speech/librivox/speech-librivox-0001", "speech/librivox/speech-librivox-0002",
+                "speech/us-gov/speech-us-gov-0003", "speech/us-gov/speech-us-gov-0004"):
+        _write(src / f"{rel}.wav", rng.normal(0, 0.1, 6000))
+    manifest = prepared_noise(src, tmp_path / "d")
     cats = {a.id: a.category for a in load_audio_list(manifest)}
     assert cats["noise-free-sound-0001"] == "noise" and cats["speech-us-gov-0004"] == "speech"
     aug = build_augmentor({"musan": str(manifest), "prob": 1.0, "types": ["babble"]},
@@ -198,16 +202,6 @@ def test_choice_probabilities_and_determinism(corpus):
     assert {w.choose(rng) for _ in range(50)} == {"music"}
 
 
-def test_folder_layout_categories(tmp_path):
-    for rel in ("noise/a.flac", "music/b.flac"):
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        sf.write(tmp_path / rel, np.zeros(100, np.float32), SR)
-    (tmp_path / "wav.list").write_text("a noise/a.flac\nb music/b.flac\n")
-    got = {a.id: (a.category, a.path) for a in load_audio_list(tmp_path)}
-    assert got["a"] == ("noise", str(tmp_path / "noise/a.flac"))
-    assert got["b"][0] == "music"
-
-
 # ---------------------------------------------------------------------------------------------- config
 def test_augment_config_errors(corpus, tmp_path):
     assert build_augmentor(None) is None
@@ -221,12 +215,21 @@ def test_augment_config_errors(corpus, tmp_path):
         build_augmentor({"musan": str(corpus["musan"]), "types": ["babble"]})
     with pytest.raises(DataError, match="reverb"):
         build_augmentor({"musan": str(corpus["musan"]), "types": ["reverb"]})
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    p = _write(bad / "x.wav", np.zeros(10))
-    (bad / "wav.scp").write_text(f"mystery {p}\n")
-    with pytest.raises(DataError, match="mystery"):
-        build_augmentor({"musan": str(bad)})
+    # only the recordings manifests of stage 0: anything else fails naming the file
+    wav_scp = corpus["musan"].parents[1] / "musan" / "wav.scp"
+    cuts = corpus["musan"].with_name("musan_cuts.jsonl.gz")
+    for wrong in (wav_scp, wav_scp.parent, cuts, tmp_path / "missing_recordings.jsonl.gz"):
+        with pytest.raises(DataError, match=re.escape(str(wrong))):
+            build_augmentor({"musan": str(wrong)})
+    broken = tmp_path / "broken_recordings.jsonl.gz"
+    broken.write_text("not gzip")
+    with pytest.raises(DataError, match=re.escape(str(broken))):
+        build_augmentor({"musan": str(broken)})
+    # a category training does not know
+    src = tmp_path / "odd"
+    _write(src / "traffic" / "t1.wav", np.random.default_rng(0).normal(0, 0.1, 9000))
+    with pytest.raises(DataError, match="'traffic'"):
+        build_augmentor({"musan": str(prepared_noise(src, tmp_path / "odd_data"))})
 
 
 def test_spec_augment_config():
@@ -285,8 +288,8 @@ def test_spec_augment_values_torch_numpy_batch():
     assert yb.shape == xb.shape and len(set(masked.tolist())) > 1  # independent masks per item
 
 
-def test_category_from_sibling_supervisions_or_cuts(tmp_path):
-    """pysv prep_augment layout: ids without a category prefix, category in the supervisions' custom field."""
+def test_category_from_sibling_supervisions(tmp_path):
+    """Stage 0's layout: ids without a category prefix, category in the supervisions' custom field."""
     lhotse = pytest.importorskip("lhotse")
     recs, sups, cuts = [], [], []
     for rid, cat in (("dishes", "noise"), ("brahms", "music")):
@@ -305,9 +308,11 @@ def test_category_from_sibling_supervisions_or_cuts(tmp_path):
     with pytest.raises(DataError, match="dishes"):  # no supervisions yet: category unknown
         build_augmentor({"musan": str(man / "musan_recordings.jsonl.gz")})
     lhotse.SupervisionSet.from_segments(sups).to_file(man / "musan_supervisions.jsonl.gz")
-    for name in ("musan_recordings.jsonl.gz", "musan_cuts.jsonl.gz"):
-        got = {a.id: a.category for a in load_audio_list(man / name)}
-        assert got == {"dishes": "noise", "brahms": "music"}
+    got = {a.id: (a.category, a.path) for a in load_audio_list(man / "musan_recordings.jsonl.gz")}
+    assert got == {"dishes": ("noise", str(tmp_path / "audio" / "dishes.wav")),
+                   "brahms": ("music", str(tmp_path / "audio" / "brahms.wav"))}
+    with pytest.raises(DataError, match="musan_cuts.jsonl.gz"):  # a cuts manifest is not the list
+        load_audio_list(man / "musan_cuts.jsonl.gz")
 
 
 def test_batched_device_augmentation_equals_the_worker_path(corpus):

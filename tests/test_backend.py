@@ -1,4 +1,4 @@
-"""Back-ends: PLDA (two-covariance, Kaldi), LDA, length norm, cosine, crops, AS-norm, Kaldi file formats."""
+"""Back-ends: PLDA (two-covariance, Kaldi), LDA, length norm, cosine, crop distance, AS-norm, Kaldi file formats."""
 import struct
 
 import numpy as np
@@ -6,11 +6,13 @@ import pytest
 from scipy.linalg import eigh
 from scipy.stats import multivariate_normal as mvn
 
-from pysv.backend import (LDA, PLDA, LengthNorm, MeanSubtract, PldaBackend, asnorm,
-                          asnorm_cosine_trials, cohort_stats, cosine_score, cosine_score_trials,
-                          crop_distance_score, crop_distance_score_trials, length_norm,
-                          read_kaldi_matrix, read_kaldi_vector, read_plda_file)
-from pysv.backend.kernels import paired_dot
+from pysv.backend import (INPUTS, LDA, PLDA, SCORERS, LengthNorm, MeanSubtract, PldaBackend, ScoringOptions,
+                          TrialSides, asnorm, asnorm_cosine_trials, cohort_stats, cosine_score,
+                          cosine_score_trials, cosine_trial_scores, crop_distance_score,
+                          crop_distance_score_trials, index_trials, length_norm, read_kaldi_matrix,
+                          read_kaldi_vector, read_plda_file)
+from pysv.backend.sampled_matmul import paired_dot
+from pysv.utils.io import DataError
 
 # a fixed two-covariance model in 3 dims
 MU = np.array([0.5, -1.0, 2.0])
@@ -262,6 +264,49 @@ def test_cosine_hand():
     ei = np.array([0, 1, 1])
     ti = np.array([1, 0, 1])
     np.testing.assert_allclose(cosine_score_trials(e, t, ei, ti), cosine_score(e[ei], t[ti]), rtol=1e-6)
+
+
+def test_cosine_trial_scores_of_an_embedding_dict():
+    rng = np.random.default_rng(9)
+    emb = {f"u{i}": rng.normal(size=8).astype(np.float32) for i in range(6)}
+    trials = [("u0", "u1", 1), ("u2", "u0", 0), ("u5", "u5", 1)]
+    ref = [float(np.dot(emb[a].astype(np.float64), emb[b].astype(np.float64))
+                 / np.linalg.norm(emb[a].astype(np.float64)) / np.linalg.norm(emb[b].astype(np.float64)))
+           for a, b, _ in trials]
+    got = cosine_trial_scores(emb, trials)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, ref, rtol=1e-12)
+    with pytest.raises(DataError, match="u0 ghost"):
+        cosine_trial_scores(emb, [("u0", "ghost", 0)])
+
+
+def test_index_trials():
+    trials = [("a", "x", 1), ("b", "y", 0), ("c", "x", 0)]
+    ei, ti, missing = index_trials(trials, ["a", "b"], ["y", "x"])
+    np.testing.assert_array_equal(ei, [0, 1, -1])
+    np.testing.assert_array_equal(ti, [1, 0, 1])
+    np.testing.assert_array_equal(missing, [False, False, True])
+    ei, ti, missing = index_trials([("a", "b", 1)], ["b", "a"])
+    assert (ei[0], ti[0], missing[0]) == (1, 0, False)
+
+
+def test_every_scorer_scores_a_trial_list():
+    rng = np.random.default_rng(10)
+    X = rng.normal(size=(12, 4)).astype(np.float32)
+    crops = (X[:, None] + 0.1 * rng.normal(size=(12, 3, 4))).astype(np.float32)
+    labels = np.repeat(np.arange(4), 3)
+    ei, ti = np.array([0, 1, 5, 7]), np.array([1, 4, 6, 11])
+    inputs = {"train_mean": X.mean(0, dtype=np.float64), "cohort": X[:6],
+              "plda": PldaBackend(lda_dim=2).fit(np.tile(X, (3, 1)) + rng.normal(size=(36, 4)),
+                                                 np.tile(labels, 3))}
+    for name, scorer in SCORERS.items():
+        assert set(scorer.reads) <= set(INPUTS), name
+        data = crops if scorer.crops else X
+        got = scorer.score(TrialSides(data, data, ei, ti), {k: inputs[k] for k in scorer.reads},
+                           ScoringOptions(asnorm_top_n=3))
+        assert got.shape == (4,) and np.isfinite(got).all(), name
+    np.testing.assert_allclose(SCORERS["cosine"].score(TrialSides(X, X, ei, ti), {}, ScoringOptions()),
+                               cosine_score(X[ei], X[ti]), rtol=1e-5)
 
 
 def test_paired_dot_backends_agree():

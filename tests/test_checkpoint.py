@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pysv.train import checkpoint
-from pysv.train.trainer import load_encoder
+from pysv.train.checkpoint import load_encoder
 from pysv.utils.io import DataError
 
 
@@ -25,7 +25,9 @@ class _RunsCode:
 
 
 def test_rng_states_round_trip_through_a_safe_file(tmp_path):
-    torch.manual_seed(5); np.random.seed(5); random.seed(5)
+    torch.manual_seed(5)
+    np.random.seed(5)
+    random.seed(5)
     np.random.standard_normal()  # leaves a cached gaussian in numpy's state
     checkpoint.save({"rng": checkpoint.rng_state()}, tmp_path / "c.pt")
     first = (torch.rand(3), np.random.rand(3), random.random(), np.random.standard_normal())

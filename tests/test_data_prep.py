@@ -1,6 +1,7 @@
 """Stage 0 (data preparation): mini corpus, folder corpus, VoxCeleb layout, MUSAN/RIRs, bad input."""
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -10,15 +11,30 @@ import pytest
 import soundfile as sf
 
 from pysv.data import prepare as prep
-from pysv.data.mini_corpus import (MiniConfig, audio_digest, draw_speaker, generate_mini_corpus,
-                                   synthesize_utterance, time_varying_sosfilt, _resonator_sos)
-from pysv.data.prep_augment import prepare_musan, prepare_rirs
-from pysv.data.prep_voxceleb import prepare_voxceleb
-from pysv.data.prepare import AudioOptions, TrialOptions, make_trials, prepare_folder, prepare_mini
+from pysv.data.corpora.folder import prepare_folder
+from pysv.data.corpora.mini import prepare_mini
+from pysv.data.corpora.mini_synth import (MiniConfig, check_generated, draw_speaker,
+                                          generate_mini_corpus, synthesize_utterance, time_varying_sosfilt,
+                                          _resonator_sos)
+from pysv.data.corpora.musan import prepare_musan
+from pysv.data.corpora.rirs import prepare_rirs
+from pysv.data.corpora.voxceleb import prepare_voxceleb
+from pysv.data.prepare import AudioOptions, find_audio_files
+from pysv.data.trials import TrialOptions, make_trials
 from pysv.utils.io import DataError, read_table, read_trials
 
 SR = 16000
 QUIET = AudioOptions(progress=False)
+
+
+def audio_digest(paths) -> str:
+    """SHA-256 over the decoded samples of ``paths`` (in the given order)."""
+    h = hashlib.sha256()
+    for p in paths:
+        x, sr = sf.read(str(p), dtype="int16")
+        h.update(str(sr).encode())
+        h.update(x.tobytes())
+    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -136,7 +152,13 @@ def test_mini_corpus_regenerated_when_config_changes(tmp_path):
         "mini001-utt01.flac", "mini001-utt02.flac", "mini002-utt01.flac", "mini002-utt02.flac"]
     assert (out / "wav" / "mini001" / "notes.txt").exists()  # foreign files are left alone
     assert not list((out / "wav").rglob("*.tmp"))
-    assert (out / ".done").read_text() == cfg.to_json()
+    assert check_generated(out, cfg) is None
+    # a generated file lost or cut short: the corpus is generated again
+    victim = out / "wav" / "mini002" / "mini002-utt01.flac"
+    victim.write_bytes(victim.read_bytes()[:100])
+    assert "mini002-utt01.flac" in check_generated(out, cfg)
+    generate_mini_corpus(out, cfg, progress=False)
+    assert check_generated(out, cfg) is None and sf.info(str(victim)).frames == SR
 
 
 def test_time_varying_filter_fast_path_matches_sosfilt():
@@ -253,18 +275,18 @@ def test_mini_bad_options_leave_nothing(tmp_path):
 def test_make_trials_counts_by_hand():
     spk2utt = {"A": ["A-1", "A-2", "A-3"], "B": ["B-1", "B-2"], "C": ["C-1", "C-2"]}
     t = make_trials(spk2utt, TrialOptions(seed=1))
-    targets = {(a, b) for a, b, l in t if l}
+    targets = {(a, b) for a, b, line in t if line}
     # every same-speaker pair: C(3,2) + C(2,2) + C(2,2) = 5
     assert targets == {("A-1", "A-2"), ("A-1", "A-3"), ("A-2", "A-3"), ("B-1", "B-2"), ("C-1", "C-2")}
-    non = [(a, b) for a, b, l in t if not l]
+    non = [(a, b) for a, b, line in t if not line]
     assert len(non) == 5 and len(set(non)) == 5  # ratio 1.0, no duplicates
     assert all(a.split("-")[0] != b.split("-")[0] and a < b for a, b in non)
     assert t == make_trials(spk2utt, TrialOptions(seed=1))  # deterministic
     # 3*2 + 3*2 + 2*2 = 16 different-speaker pairs exist; ratio 3 wants 15
-    assert sum(1 for *_, l in make_trials(spk2utt, TrialOptions(nontarget_ratio=3.0)) if not l) == 15
-    assert sum(1 for *_, l in make_trials(spk2utt, TrialOptions(nontarget_ratio=10.0)) if not l) == 16
+    assert sum(1 for *_, line in make_trials(spk2utt, TrialOptions(nontarget_ratio=3.0)) if not line) == 15
+    assert sum(1 for *_, line in make_trials(spk2utt, TrialOptions(nontarget_ratio=10.0)) if not line) == 16
     t2 = make_trials(spk2utt, TrialOptions(max_target_trials=2, nontarget_ratio=2.0))
-    assert sum(l for *_, l in t2) == 2 and sum(1 - l for *_, l in t2) == 4
+    assert sum(line for *_, line in t2) == 2 and sum(1 - line for *_, line in t2) == 4
     with pytest.raises(DataError, match="speaker 'D'"):
         make_trials({**spk2utt, "D": ["D-1"]}, TrialOptions())
     with pytest.raises(DataError, match="at least 2 speakers"):
@@ -289,7 +311,7 @@ def test_folder_split_disjoint_deterministic_and_trials(tmp_path):
     assert len(test) == 3 and len(train) == 7 and not train & test
     assert set(read_table(r1 / "folder_train" / "utt2spk")) == {f"{s}-u{u}" for s in train for u in range(3)}
     trials = read_trials(r1 / "folder_test" / "trials")
-    n_target = sum(l for *_, l in trials)
+    n_target = sum(line for *_, line in trials)
     assert n_target == 3 * 3  # all C(3,2) pairs of 3 test speakers
     assert len(trials) - n_target == n_target
     # other seeds pick other speakers (at least one of a few seeds differs)
@@ -440,6 +462,27 @@ def test_killed_midway_then_rerun_completes(tmp_path, monkeypatch):
         assert (root / "manifests" / m.name).read_bytes() == m.read_bytes()
 
 
+def test_truncated_output_is_redone(tmp_path, caplog):
+    corpus = make_folder_corpus(tmp_path / "c", n_spk=4, n_utt=2)
+    root = tmp_path / "d"
+    prepare_folder(corpus, root, test_fraction=0.5, audio_opts=QUIET)
+    trials = root / "folder_test" / "trials"
+    whole = trials.read_text()
+    trials.write_text(whole[:10])
+    with caplog.at_level("INFO"):
+        prepare_folder(corpus, root, test_fraction=0.5, audio_opts=QUIET)
+    assert "truncated" in caplog.text and trials.read_text() == whole
+
+
+def test_find_audio_files_walk_order_hidden_and_unreadable(tmp_path):
+    for rel in ("b.wav", "a.flac", "sub/c.wav", ".hidden.wav", ".git/d.wav", "x.m4a", "a.m4a", "notes.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    unsupported = []
+    assert [str(p) for p in find_audio_files(tmp_path, unsupported)] == ["a.flac", "b.wav", "sub/c.wav"]
+    assert unsupported == [str(tmp_path / "x.m4a")]  # a.m4a has its converted twin a.flac
+
+
 def test_changed_options_redo_and_force(tmp_path):
     corpus = make_folder_corpus(tmp_path / "c", n_spk=6, n_utt=2)
     root = tmp_path / "d"
@@ -448,7 +491,7 @@ def test_changed_options_redo_and_force(tmp_path):
     prepare_folder(corpus, root, test_fraction=0.5, trial_opts=TrialOptions(nontarget_ratio=2.0), audio_opts=QUIET)
     after = read_trials(root / "folder_test" / "trials")
     assert (root / "folder_test" / "trials").read_text() != before
-    assert sum(1 - l for *_, l in after) == 2 * sum(l for *_, l in after)
+    assert sum(1 - line for *_, line in after) == 2 * sum(line for *_, line in after)
 
 
 # ----------------------------------------------------------------------------------------------

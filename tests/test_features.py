@@ -3,6 +3,7 @@ definitions written out here, the make_features stage (CLI, job split, merge, sk
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import yaml
 
 from pysv import features
 from pysv.bin import make_features as mf
+from pysv.utils import stage
 from pysv.utils.io import DataError
 
 torch.set_num_threads(2)
@@ -141,8 +143,8 @@ def test_interface_and_shipped_yaml():
         for key in ("dither", "window_type", "snip_edges", "preemphasis_coefficient", "remove_dc_offset",
                     "energy_floor", "use_energy", "low_freq", "high_freq", "num_mel_bins", "cmvn"):
             assert key in raw, (name, key)
-        # the built-in copy (used when installed without conf/) equals the shipped yaml
-        assert features.resolve_config(features.BUILTIN_CONFIGS[name]) == features.resolve_config(raw)
+        # the recipe's conf/<name>.yaml is the package's named config
+        assert (REPO / "conf" / f"{name}.yaml").resolve() == features.FEATURE_CONFIG_DIR / f"{name}.yaml"
     assert features.build("fbank40", snip_edges=False).num_frames(16000) == (16000 + 80) // 160
     assert features.build("mfcc30").config["num_ceps"] == 30
     assert features.build(REPO / "conf" / "fbank64.yaml").dim == 64
@@ -299,7 +301,7 @@ def test_make_features_cli(tmp_path):
     assert cli(data, out, "--nj", "2") == 0
     feats = kaldiio.load_scp(str(out / "feats.scp"))
     assert sorted(feats) == sorted(LENGTHS)
-    u2nf = {k: int(v) for k, v in (l.split() for l in (out / "utt2num_frames").read_text().splitlines())}
+    u2nf = {k: int(v) for k, v in (line.split() for line in (out / "utt2num_frames").read_text().splitlines())}
     ref = features.build("fbank40")
     for utt, n in LENGTHS.items():
         assert feats[utt].shape == (1 + (n - 400) // 160, 40) and feats[utt].dtype == np.float32
@@ -349,6 +351,32 @@ def test_make_features_job_mode_and_merge(tmp_path):
     assert cli(data, out, "--job", "2", "--nj", "2") == 0
     assert cli(data, out, "--merge", "--nj", "2") == 0
     assert (out / "feats.scp").read_text().count("\n") == 3 and (out / ".done").is_file()
+
+
+def test_make_features_markers_record_inputs_and_outputs(tmp_path):
+    data, _ = make_data_dir(tmp_path)
+    out = tmp_path / "out"
+    assert cli(data, out, "--nj", "2") == 0
+    job1 = stage.read(out / "data" / ".done.1")
+    assert sorted(job1["outputs"]) == ["feats.1.ark", "feats.1.scp", "utt2num_frames.1"]
+    assert job1["fingerprint"]["part"]["items"]["count"] == 2 and job1["info"]["utts"] == 2
+    assert stage.info(out / ".done") == {"dim": 40, "utts": 3}
+    arks = {p: p.stat().st_mtime_ns for p in (out / "data").glob("feats.*.ark")}
+    # a copied text file changed: the copies are refreshed, the features are not recomputed
+    (data / "utt2spk").write_text((data / "utt2spk").read_text().replace("spkB-u3 spkB", "spkB-u3 spkC"))
+    assert not mf.is_done(data, out, mf.resolve("fbank40", {}))
+    assert cli(data, out, "--nj", "2") == 0
+    assert (out / "utt2spk").read_text() == (data / "utt2spk").read_text()
+    assert arks == {p: p.stat().st_mtime_ns for p in (out / "data").glob("feats.*.ark")}
+    # one utterance's audio path changed: only the job holding it is redone
+    wav = (data / "wav.scp").read_text().splitlines()
+    moved = tmp_path / "moved.wav"
+    shutil.copy(wav[2].split()[1], moved)
+    (data / "wav.scp").write_text("\n".join(wav[:2] + [f"spkB-u3 {moved}"]) + "\n")
+    assert cli(data, out, "--nj", "2") == 0
+    assert (out / "data" / "feats.1.ark").stat().st_mtime_ns == arks[out / "data" / "feats.1.ark"]
+    assert (out / "data" / "feats.2.ark").stat().st_mtime_ns != arks[out / "data" / "feats.2.ark"]
+    assert (out / "wav.scp").read_text() == (data / "wav.scp").read_text()
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="bash script")

@@ -6,8 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pysv.models import (MODEL_NAMES, build, count_parameters, default_feat_dim, hparam_names,
-                         input_kind)
+from pysv.models import build, count_parameters, default_feat_dim, hparam_names, input_kind, names
 from pysv.models import pooling as P
 from pysv.models.mla_resnet import ENCODINGS
 from pysv.models.rawnet2 import FMS, FMS_MODES, SincConv
@@ -79,18 +78,20 @@ def _randomize_bn(model, gen):
 # registry / hyper-parameter handling
 # ------------------------------------------------------------------------------------------------
 def test_registry():
-    assert MODEL_NAMES == ("thin_resnet34", "xvector", "saep", "mla_resnet34", "rawnet2")
-    assert [input_kind(n) for n in MODEL_NAMES] == ["features"] * 4 + ["waveform"]
-    assert [default_feat_dim(n) for n in MODEL_NAMES] == [40, 30, 90, 64, None]
-    for n in MODEL_NAMES[:4]:
+    # the encoders DESIGN.md names are registered (plug-ins may add more)
+    assert {"thin_resnet34", "xvector", "saep", "mla_resnet34", "rawnet2"} <= set(names())
+    for n in names():
         m = build(n)
-        assert m.feat_dim == default_feat_dim(n) and m.input_kind == "features"
+        assert m.input_kind == input_kind(n) in ("features", "waveform")
+        assert m.feat_dim == default_feat_dim(n)
+        assert (m.feat_dim is None) == (m.input_kind == "waveform")
+        assert isinstance(m.embed_dim, int) and m.embed_dim > 0
     with pytest.raises(ValueError, match="resnet99"):
         build("resnet99")
     assert "fms" in hparam_names("rawnet2") and "feat_dim" not in hparam_names("rawnet2")
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", names())
 def test_unknown_hparam_rejected(name):
     with pytest.raises(TypeError, match="bogus_key"):
         build(name, bogus_key=1)
@@ -158,7 +159,7 @@ def test_shapes_and_gradients(name, kw):
 
 
 def test_mla_embedding_dims():
-    # seed 003 Table 3 "Dim" column
+    # MLA-SAP Table 3 "Dim" column
     dims = {e: build("mla_resnet34", encoding=e).embed_dim for e in ENCODINGS}
     assert dims == {"gap": 256, "sap": 256, "mla_gap": 512, "mla_sap": 512, "mla_sap_fr": 512,
                     "mla_sap_fr_dln": 512}
@@ -174,7 +175,8 @@ def test_long_input_at_inference():
 # ------------------------------------------------------------------------------------------------
 # batch invariance (eval mode)
 # ------------------------------------------------------------------------------------------------
-INVARIANCE = [("thin_resnet34", {}), ("thin_resnet34", {"input_norm": "none"}), ("thin_resnet34", {"pooling": "asp", "input_norm": "mean"}),
+INVARIANCE = [("thin_resnet34", {}), ("thin_resnet34", {"input_norm": "none"}),
+              ("thin_resnet34", {"pooling": "asp", "input_norm": "mean"}),
               ("xvector", {}), ("xvector", {"pad_input": True}), ("saep", {}),
               ("mla_resnet34", {}), ("mla_resnet34", {"encoding": "mla_gap"}),
               ("rawnet2", {}), ("rawnet2", {"first_layer": "conv", "fms": "mul_add_sep",
@@ -224,15 +226,15 @@ def test_padding_without_lengths_changes_embedding():
 # parameter counts against the papers
 # ------------------------------------------------------------------------------------------------
 # (name, hparams, count the paper way (up to embedding?), paper figure, relative tolerance)
-# Figures given to 3 significant digits (seed 001) must match within 0.5 %; round figures
-# ("1.4M", "about 6 million", "7.1M", and seed 001's "0.45M", see docs/models.md) within 3 %.
+# Figures given to 3 significant digits (SAEP) must match within 0.5 %; round figures
+# ("1.4M", "about 6 million", "7.1M", and SAEP's "0.45M", see docs/models.md) within 3 %.
 PAPER_COUNTS = [
     ("thin_resnet34", {}, False, 1.4e6, 0.03),            # In defence of metric learning, Table 1
-    ("xvector", {"feat_dim": 90}, True, 4.38e6, 0.005),     # seed 001 Table 1 (x-vector, 90-d MFCC)
-    ("saep", {"d_k": 512, "d_ff": 2048}, True, 1.16e6, 0.005),  # seed 001 Table 1 / section 4
-    ("saep", {"d_k": 128, "d_ff": 2048}, True, 0.88e6, 0.005),  # seed 001 section 4
-    ("saep", {"d_k": 64, "d_ff": 2048}, True, 0.83e6, 0.005),   # seed 001 section 4
-    ("saep", {"d_k": 64, "d_ff": 1024}, True, 0.45e6, 0.03),    # seed 001 section 4 (0.463 M ours)
+    ("xvector", {"feat_dim": 90}, True, 4.38e6, 0.005),     # SAEP Table 1 (x-vector, 90-d MFCC)
+    ("saep", {"d_k": 512, "d_ff": 2048}, True, 1.16e6, 0.005),  # SAEP Table 1 / section 4
+    ("saep", {"d_k": 128, "d_ff": 2048}, True, 0.88e6, 0.005),  # SAEP section 4
+    ("saep", {"d_k": 64, "d_ff": 2048}, True, 0.83e6, 0.005),   # SAEP section 4
+    ("saep", {"d_k": 64, "d_ff": 1024}, True, 0.45e6, 0.03),    # SAEP section 4 (0.463 M ours)
     ("rawnet2", {}, False, 7.1e6, 0.03),                     # RawNet2 without output layer
 ]
 
@@ -244,7 +246,7 @@ def test_param_counts_match_papers(name, kw, upto, paper, tol):
 
 
 def test_mla_resnet_param_count():
-    # seed 003 section 2.2: the scaled ResNet-34 (Table 1, MLA-GAP) "has only about 6 million
+    # MLA-SAP section 2.2: the scaled ResNet-34 (Table 1, MLA-GAP) "has only about 6 million
     # model parameters"; Table 1 includes the 512 x N output layer (N = 1211 VoxCeleb1 speakers).
     enc = count_parameters(build("mla_resnet34", encoding="mla_gap"))
     assert abs(enc + 512 * 1211 + 1211 - 6.0e6) <= 0.03 * 6.0e6
@@ -260,7 +262,7 @@ def test_rawnet2_variant_param_differences():
     for mode in ("add", "mul", "add_mul", "mul_add"):
         assert count_parameters(build("rawnet2", fms=mode)) - base == fms_fc
     assert count_parameters(build("rawnet2", fms="mul_add_sep")) - base == 2 * fms_fc
-    # sinc layer: 2 learnable cut-offs per filter, whatever its length (seed 004 section 3)
+    # sinc layer: 2 learnable cut-offs per filter, whatever its length (RawNet2 section 3)
     s125 = count_parameters(build("rawnet2", sinc_length=125))
     assert s125 == count_parameters(build("rawnet2", sinc_length=375)) == base + fms_fc
     assert sum(p.numel() for p in SincConv(128, 251).parameters()) == 256
@@ -316,7 +318,7 @@ def test_sinc_cutoffs_are_learnable():
 
 
 def test_rawnet2_frame_counts_table1():
-    # seed 004 Table 1 output shapes for 59049 samples: 19683 after the first layer (exact for the
+    # RawNet2 Table 1 output shapes for 59049 samples: 19683 after the first layer (exact for the
     # strided-conv baseline), 2187 after the 128-filter blocks, 27 before the GRU
     conv = build("rawnet2", first_layer="conv")
     L = torch.tensor([59049])
@@ -328,7 +330,7 @@ def test_rawnet2_frame_counts_table1():
 
 @pytest.mark.parametrize("mode", [m for m in FMS_MODES if m != "none"])
 def test_fms_equations(mode):
-    """seed 004 eqs. (1)-(4) with a known scale vector s = sigmoid(b) (FC weights zeroed)."""
+    """RawNet2 eqs. (1)-(4) with a known scale vector s = sigmoid(b) (FC weights zeroed)."""
     fms = FMS(3, mode)
     b = torch.tensor([0.0, 1.0, -2.0])
     with torch.no_grad():
@@ -354,12 +356,12 @@ def test_frame_counts_of_feature_encoders():
     assert int(build("thin_resnet34").output_lengths(torch.tensor([202]))) == 51
     # x-vector: total context 15 frames (t-7 .. t+7), Kaldi "valid" TDNN
     assert int(build("xvector").output_lengths(torch.tensor([300]))) == 286
-    # seed 003 Table 2: res4 at L/8
+    # MLA-SAP Table 2: res4 at L/8
     assert int(build("mla_resnet34").output_lengths(torch.tensor([256]))) == 32
 
 
 def test_dln_norm_is_alpha():
-    """seed 003 eq. (5): the embedding has L2 norm alpha, initialised to 10."""
+    """MLA-SAP eq. (5): the embedding has L2 norm alpha, initialised to 10."""
     m = build("mla_resnet34").eval()
     with torch.no_grad():
         e = m(torch.randn(3, 20, 64))
@@ -416,7 +418,7 @@ def test_tap_gap_stats():
     exp = [np.concatenate([r.mean(0), np.sqrt(np.maximum(r.var(0), 1e-10))]) for r in rows]
     np.testing.assert_allclose(st, exp, rtol=1e-5, atol=1e-5)
     x4 = torch.randn(3, 2, 4, 7, generator=gen)  # [B, C, F, T]
-    exp = [x4[i, :, :, :l].double().mean(dim=(1, 2)).numpy() for i, l in enumerate(lens)]
+    exp = [x4[i, :, :, :line].double().mean(dim=(1, 2)).numpy() for i, line in enumerate(lens)]
     np.testing.assert_allclose(P.GlobalAveragePooling(2)(x4, L).numpy(), exp, rtol=1e-5, atol=1e-6)
 
 
@@ -436,7 +438,7 @@ def test_sap_and_asp():
         out = sap(x, torch.tensor(lens)).detach().numpy()
         for i, r in enumerate(_np_rows(x.numpy(), lens)):
             h = np.tanh(r @ W.T + b)
-            w = _softmax(h @ u)  # seed 003 eq. (2)
+            w = _softmax(h @ u)  # MLA-SAP eq. (2)
             ref = (w[:, None] * (r if value == "input" else h)).sum(0)  # eq. (3) for 'hidden'
             np.testing.assert_allclose(out[i], ref, rtol=1e-5, atol=1e-6)
     asp = P.AttentiveStatisticsPooling(4)

@@ -26,6 +26,86 @@ def test_parse_options_rejects_unknown_option_and_missing_value():
     assert r.returncode != 0 and "needs a value" in r.stderr
 
 
+def test_parse_options_booleans_arrays_and_the_end_of_options():
+    r = bash('force=false; progress=true; dirs=(); nj=2; '
+             'set -- --force --no-progress --dirs a --dirs "b c" --nj=3 -- --not-an-option pos; '
+             '. utils/parse_options.sh; echo "$force|$progress|${#dirs[@]}:${dirs[1]}|$nj|$*"')
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "true|false|2:b c|3|--not-an-option pos"
+    # a boolean followed by a value that is not true/false: that word is the next argument
+    r = bash('force=true; set -- --force false data; . utils/parse_options.sh; echo "$force|$*"')
+    assert r.stdout.strip() == "false|data"
+    r = bash('force=false; set -- --force data; . utils/parse_options.sh; echo "$force|$*"')
+    assert r.stdout.strip() == "true|data"
+    r = bash("force=false; set -- --force=yes; . utils/parse_options.sh")
+    assert r.returncode != 0 and "takes true or false, got 'yes'" in r.stderr
+    r = bash("nj=2; set -- --no-nj; . utils/parse_options.sh")  # --no-X only for a boolean X
+    assert r.returncode != 0 and "invalid option --no-nj" in r.stderr
+
+
+SCRIPTS = {  # script: options it must list in --help
+    "steps/make_features.sh": ["--nj=4", "--cmd=", "--force=false"],
+    "steps/extract_embeddings.sh": ["--nj=2", "--cmd=", "--mode=full", "--precision=fp32", "--batch-seconds="],
+    "steps/launch/local.sh": ["--max-jobs-run=", "--mem=", "--gpu="],
+    "steps/launch/slurm.sh": ["--mem=", "--gpu=0", "--num-threads=", "--time=", "--max-jobs-run="],
+    "local/prepare_mini.sh": ["--num-speakers=", "--data-root=data", "--force=false", "--check-audio=true"],
+    "local/prepare_folder.sh": ["--corpus-dir=", "--test-fraction=", "--on-rate-mismatch=", "--min-utt-duration="],
+    "local/prepare_voxceleb.sh": ["--vox1-dir=()", "--trials-dir=", "--check-audio=false", "--progress=true"],
+    "local/prepare_augmentation.sh": ["--musan-dir=", "--rirs-name=", "--nj="],
+}
+
+
+def test_every_script_parses_options_with_parse_options_sh(tmp_path):
+    for script, options in SCRIPTS.items():
+        text = (REPO / script).read_text()
+        assert ('/_common.sh"' if script.startswith("local/") else "/utils/parse_options.sh") in text, script
+        assert "shift 2" not in text, f"{script} parses options by hand"
+        r = subprocess.run([str(REPO / script), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, (script, r.stderr)
+        header = (REPO / script).read_text().splitlines()[1].lstrip("# ")
+        assert r.stdout.startswith(header), script
+        for opt in options:
+            assert f"\n  {opt}" in r.stdout, (script, opt)
+        r = subprocess.run([str(REPO / script), "--bogus-option", "1", "x"], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode != 0 and "invalid option --bogus-option" in r.stderr, script
+    # the stage-0 wrappers end their help with the prepare_data sub-command's
+    r = subprocess.run([str(REPO / "local/prepare_mini.sh"), "--help"], capture_output=True, text=True, timeout=60)
+    assert "usage: python -m pysv.bin.prepare_data mini" in r.stdout and "--reverb-prob" in r.stdout
+
+
+def _prepare_command(script, *args):
+    """The prepare_data command a stage-0 wrapper runs (python stubbed by an exported function)."""
+    r = bash(f'python() {{ printf "[%s]" "$@"; echo; }}; export -f python; {script} ' + " ".join(args))
+    assert r.returncode == 0, r.stderr
+    return r.stdout.splitlines()[-1]
+
+
+def test_stage0_wrappers_pass_run_sh_options_to_prepare_data():
+    # what run.sh passes (stage 0), with --force as a bare flag
+    cmd = _prepare_command("local/prepare_mini.sh", "--data-root", "data", "--min-utt-duration", "0.5", "--force")
+    assert cmd == ("[-m][pysv.bin.prepare_data][mini][--min-utt-duration][0.5][--force][--check-audio]"
+                   "[--data-root][data]")
+    cmd = _prepare_command("local/prepare_folder.sh", "--data-root", "d", "--name", "toy", "--corpus-dir", "'/c d'",
+                           "--test-corpus-dir", "/t", "--test-fraction", "0.2", "--nontarget-ratio", "1.0",
+                           "--on-rate-mismatch", "resample", "--min-utt-duration", "0.5", "--no-progress")
+    assert cmd == ("[-m][pysv.bin.prepare_data][folder][--corpus-dir][/c d][--name][toy][--test-corpus-dir][/t]"
+                   "[--test-fraction][0.2][--nontarget-ratio][1.0][--on-rate-mismatch][resample]"
+                   "[--min-utt-duration][0.5][--no-progress][--check-audio][--data-root][d]")
+    cmd = _prepare_command("local/prepare_folder.sh", "--nj", "1", "/corpus", "out")  # Kaldi style: positionals
+    assert cmd.endswith("[folder][--corpus-dir][/corpus][--nj][1][--check-audio][--data-root][out]")
+    # run.sh passes --vox1-dir "$vox1_dir" and --trials-dir "$vox_trials_dir" even when they are empty
+    cmd = _prepare_command("local/prepare_voxceleb.sh", "--data-root", "data", "--vox1-dir", "/v1",
+                           "--vox1-dir", "/v1test", "--trials-dir", "''", "--check-audio", "--force", "true")
+    assert cmd.endswith("[voxceleb][--vox1-dir][/v1][--vox1-dir][/v1test][--force][--check-audio][--data-root][data]")
+    out = bash('python() { printf "[%s]" "$@"; echo; }; export -f python; '
+               "local/prepare_augmentation.sh --musan-dir /m --rirs-dir /r --rirs-name rr --no-check-audio d").stdout
+    assert out.splitlines()[1::2] == ["[-m][pysv.bin.prepare_data][musan][--musan-dir][/m][--no-check-audio]"
+                                     "[--data-root][d]",
+                                     "[-m][pysv.bin.prepare_data][rirs][--rirs-dir][/r][--no-check-audio][--name][rr]"
+                                     "[--data-root][d]"]
+
+
 def test_run_sh_help_lists_options_and_rejects_typos():
     r = subprocess.run(["./run.sh", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0
@@ -74,7 +154,9 @@ def test_slurm_launcher_quotes_arguments_into_the_job_script(tmp_path):
         "#!/usr/bin/env bash\n"
         "for a in \"$@\"; do case $a in --array=*) arr=${a#--array=};; --output=*) out=${a#--output=};; esac; done\n"
         "script=${@: -1}; arr=${arr%%%*}\n"
-        "for ((i=${arr%-*}; i<=${arr#*-}; i++)); do SLURM_ARRAY_TASK_ID=$i bash \"$script\" > \"${out//%a/$i}\" 2>&1 || exit 1; done\n")
+        "for ((i=${arr%-*}; i<=${arr#*-}; i++)); do\n"
+        "  SLURM_ARRAY_TASK_ID=$i bash \"$script\" > \"${out//%a/$i}\" 2>&1 || exit 1\n"
+        "done\n")
     (tmp_path / "bin" / "sbatch").chmod(0o755)
     work = tmp_path / "work dir;touch X"
     work.mkdir()

@@ -161,7 +161,7 @@ def write_corpus(root: Path, n_spk: int, n_utt: int, samples=lambda s, u: 8000, 
 
 
 def test_stage0_folder_corpus_redone_after_a_speaker_is_added(tmp_path):
-    from pysv.data.prepare import prepare_folder
+    from pysv.data.corpora.folder import prepare_folder
     corpus = write_corpus(tmp_path / "corpus", 6, 3)
     data = tmp_path / "data"
     prepare_folder(corpus, data_root=str(data), name="c", test_fraction=0.34)
@@ -192,7 +192,8 @@ def test_every_remedy_a_message_suggests_is_an_option_of_run_sh():
 
 
 def test_short_utterances_are_left_out_and_listed(tmp_path):
-    from pysv.data.prepare import AudioOptions, prepare_folder
+    from pysv.data.corpora.folder import prepare_folder
+    from pysv.data.prepare import AudioOptions
     corpus = write_corpus(tmp_path / "corpus", 4, 3, seed=1,  # 4800 samples = 0.3 s: too short
                           samples=lambda s, u: 4800 if (s, u) in ((0, 0), (3, 1)) else 16000)
     data = tmp_path / "data"
@@ -235,3 +236,143 @@ def test_bad_inputs_get_messages_not_tracebacks(tiny_recipe, tmp_path, capsys):
     assert train(tiny_recipe, exp, "train.epochs=1", "sampler.batch_size=40", resume=False) == 2
     log_text = (exp / "train.log").read_text()
     assert "distinct speakers" in log_text and "5 training speakers" in log_text
+
+
+# --------------------------------------------------------------------------------------------
+# The stage toolkit (pysv.utils.stage): job splitting, atomic archives, merging parts
+# --------------------------------------------------------------------------------------------
+
+def test_split_is_kaldis_split_scp():
+    items = [f"u{i}" for i in range(11)]
+    for nj in (1, 2, 3, 4, 11):
+        parts = [stage.split(items, j, nj) for j in range(1, nj + 1)]
+        assert sum(parts, []) == items  # contiguous, in order, every item once
+        sizes = [len(p) for p in parts]
+        # split_scp.pl: floor(n / nj) each, the first n % nj parts one longer
+        assert sizes == [11 // nj + (1 if j < 11 % nj else 0) for j in range(nj)]
+    assert [len(stage.split(items[:5], j, 2)) for j in (1, 2)] == [3, 2]
+    assert stage.split(items[:2], 3, 3) == []
+    with pytest.raises(ValueError, match="--job must be in 1..2"):
+        stage.split(items, 3, 2)
+
+
+def _arrays(n=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return {f"utt{i}": rng.standard_normal((3 + i, 4)).astype(np.float32) for i in range(n)}
+
+
+def test_ark_writer_writes_what_kaldiio_writes(tmp_path):
+    arrays = {**_arrays(), "vec": np.arange(6, dtype=np.float64)}  # float64 is stored as float32
+    with kaldiio.WriteHelper(f"ark,scp:{tmp_path}/ref.ark,{tmp_path}/ref.scp") as w:
+        for k, v in arrays.items():
+            w(k, np.asarray(v, dtype=np.float32))
+    with stage.ArkWriter(tmp_path / "out" / "a.ark", tmp_path / "out" / "a.scp", tmp_path / "out" / "u2nf") as writer:
+        for k, v in arrays.items():
+            writer.write(k, v)
+    assert (tmp_path / "out" / "a.ark").read_bytes() == (tmp_path / "ref.ark").read_bytes()
+    ark = str((tmp_path / "out" / "a.ark").resolve())
+    assert (tmp_path / "out" / "a.scp").read_text() == (tmp_path / "ref.scp").read_text().replace(
+        str(tmp_path / "ref.ark"), ark)
+    assert (tmp_path / "out" / "u2nf").read_text().splitlines()[:2] == ["utt0 3", "utt1 4"]
+    assert (writer.count, writer.rows) == (6, sum(3 + i for i in range(5)) + 1)
+    loaded = kaldiio.load_scp(str(tmp_path / "out" / "a.scp"))
+    for k, v in arrays.items():
+        np.testing.assert_array_equal(loaded[k], np.asarray(v, dtype=np.float32))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.ark", "a.scp", "u2nf"]
+
+
+def test_ark_writer_leaves_nothing_when_it_fails(tmp_path):
+    with pytest.raises(RuntimeError):
+        with stage.ArkWriter(tmp_path / "a.ark", tmp_path / "a.scp") as writer:
+            writer.write("utt0", np.zeros((2, 3)))
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+    # an earlier complete archive stays as it was
+    stage.write_ark(tmp_path / "a.ark", tmp_path / "a.scp", [("x", np.ones((2, 2)))])
+    before = (tmp_path / "a.ark").read_bytes()
+    with pytest.raises(RuntimeError):
+        with stage.ArkWriter(tmp_path / "a.ark", tmp_path / "a.scp") as writer:
+            writer.write("y", np.zeros((5, 2)))
+            raise RuntimeError("killed")
+    assert (tmp_path / "a.ark").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ark", "a.scp"]
+
+
+def test_a_killed_writer_leaves_no_half_file_and_its_temp_files_are_reset(tmp_path):
+    import signal
+    import sys
+    code = ("import sys, time, numpy as np\n"
+            "from pysv.utils import stage\n"
+            "part = stage.Part.of(sys.argv[1], 'feats', ['a', 'b'], 1, 1)\n"
+            "w = part.writer(num_frames=True)\n"
+            "w.write('a', np.zeros((100, 40)))\n"
+            "print('written', flush=True)\n"
+            "time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "written"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names and all(n.startswith(".") and n.endswith(".tmp") for n in names), names  # temp files only
+    part = stage.Part.of(tmp_path, "feats", ["a", "b"], 1, 1)
+    (tmp_path / "feats.10.ark").write_bytes(b"another job's archive")
+    part.reset()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["feats.10.ark"]
+
+
+def _write_parts(tmp_path, arrays, nj):
+    keys = sorted(arrays)
+    parts = [stage.Part.of(tmp_path / "split", "xvector", keys, j, nj) for j in range(1, nj + 1)]
+    for part in parts:
+        with part.writer(num_frames=True) as writer:
+            for k in part.items:
+                writer.write(k, arrays[k])
+    return keys, parts
+
+
+def test_merge_joins_parts_into_one_table_or_one_archive(tmp_path):
+    arrays = _arrays(7)
+    keys, parts = _write_parts(tmp_path, arrays, 3)
+    # scp only: the entries keep naming the parts' archives (Kaldi's feats.scp over feats.JOB.ark)
+    assert stage.merge(parts, tmp_path / "feats.scp", num_frames=tmp_path / "utt2num_frames", keys=keys) == keys
+    assert (tmp_path / "feats.scp").read_text() == "".join(p.scp.read_text() for p in parts)
+    assert (tmp_path / "utt2num_frames").read_text() == "".join(p.num_frames.read_text() for p in parts)
+    # one archive: byte for byte what a single writer of all the entries writes
+    stage.merge(parts, tmp_path / "all.scp", ark=tmp_path / "all.ark", keys=keys)
+    stage.write_ark(tmp_path / "ref.ark", tmp_path / "ref.scp", sorted(arrays.items()))
+    assert (tmp_path / "all.ark").read_bytes() == (tmp_path / "ref.ark").read_bytes()
+    assert (tmp_path / "all.scp").read_text() == (tmp_path / "ref.scp").read_text().replace("ref.ark", "all.ark")
+    for scp in ("feats.scp", "all.scp"):
+        loaded = kaldiio.load_scp(str(tmp_path / scp))
+        assert list(loaded) == keys
+        for k in keys:
+            np.testing.assert_array_equal(loaded[k], arrays[k])
+    # entries other than the expected ones: refused, nothing written
+    with pytest.raises(Exception, match=r"7 entries where 8 were expected \(missing e.g. \['zzz'\]"):
+        stage.merge(parts, tmp_path / "bad.scp", ark=tmp_path / "bad.ark", keys=keys + ["zzz"])
+    assert not list(tmp_path.glob("bad*")) and not list(tmp_path.glob(".bad*"))
+
+
+def test_require_complete_names_the_missing_parts_and_discard_removes_stale_outputs(tmp_path):
+    arrays = _arrays(4)
+    keys, parts = _write_parts(tmp_path, arrays, 2)
+    base = {"options": {"dither": 0}}
+    stage.write(parts[0].marker, parts[0].fingerprint(base), outputs=[parts[0].ark, parts[0].scp])
+    with pytest.raises(Exception, match=r"job\(s\) 2 of 2 not complete: job 2 \(.*xvector.2.scp\): not done yet"):
+        stage.require_complete(parts, base, what="x")
+    stage.write(parts[1].marker, parts[1].fingerprint(base), outputs=[parts[1].ark, parts[1].scp])
+    stage.require_complete(parts, base, what="x")
+    # another split is another fingerprint, even where job 1 gets the same items
+    other = stage.Part.of(tmp_path / "split", "xvector", keys, 1, 3)
+    assert other.items == parts[0].items
+    assert stage.check(other.marker, other.fingerprint(base)).startswith("part.nj changed")
+    other = stage.Part.of(tmp_path / "split", "xvector", keys[1:], 1, 2)
+    assert stage.check(other.marker, other.fingerprint(base)).startswith("part.items.sha1 changed")
+    # a merged table whose marker no longer holds goes with its marker; a valid one stays
+    stage.merge(parts, tmp_path / "feats.scp")
+    stage.write(tmp_path / ".done", base, outputs=[p.ark for p in parts])
+    assert stage.discard(tmp_path / ".done", base, [tmp_path / "feats.scp"]) is None
+    assert (tmp_path / "feats.scp").is_file()
+    reason = stage.discard(tmp_path / ".done", {"options": {"dither": 1}}, [tmp_path / "feats.scp"])
+    assert reason.startswith("options.dither changed")
+    assert not (tmp_path / ".done").exists() and not (tmp_path / "feats.scp").exists()

@@ -62,7 +62,7 @@ def test_balanced_single_rank_uses_each_utterance_at_most_once_without_padding()
 def test_mp_random_composition_and_expected_size():
     labels = make_labels([12] * 400)
     smp = S.MPRandomBatchSampler(labels, batch_size=800, num_replicas=1, rank=0)
-    assert smp.spks_per_batch == 320  # seed 000 footnote 1: expected 800 -> 320 speakers
+    assert smp.spks_per_batch == 320  # MP-2021 footnote 1: expected 800 -> 320 speakers
     small = S.MPRandomBatchSampler(labels, batch_size=50, num_replicas=1, rank=0)
     assert small.spks_per_batch == 20
     sizes, per_spk = [], collections.Counter()

@@ -8,7 +8,7 @@ import kaldiio
 import numpy as np
 import pytest
 
-from pysv.backend import LDA, PLDA, PldaBackend, cosine_score, read_kaldi_vector
+from pysv.backend import LDA, PLDA, SCORERS, PldaBackend, asnorm_cosine_trials, cosine_score, read_kaldi_vector
 from pysv.bin import backend as backend_cli
 from pysv.bin import results_table
 from pysv.bin import score as score_cli
@@ -44,6 +44,11 @@ def write_set(root: Path, name: str, n_spk: int, n_utt: int, seed: int, crops: b
             for key, _ in utts:
                 w(key, (vecs[key] + 0.3 * rng.normal(size=D)).astype(np.float32))
     (data_dir / "utt2spk").write_text("".join(f"{u} {s}\n" for u, s in utts))
+    # the speaker means stage 3 writes next to the utterance embeddings
+    with kaldiio.WriteHelper(f"ark,scp:{emb_dir}/spk_xvector.ark,{emb_dir}/spk_xvector.scp") as w:
+        for s in range(n_spk):
+            spk = f"{name}{s:02d}"
+            w(spk, np.mean([vecs[u] for u, su in utts if su == spk], axis=0))
     return utts, vecs
 
 
@@ -68,8 +73,9 @@ def recipe(tmp_path, monkeypatch):
     return {"root": tmp_path, "utts": test_utts, "vecs": test_vecs, "n_trials": n}
 
 
-def run_backend(*extra):
-    return backend_cli.main(["--exp", "exp/sys", "--train-set", "train", "--lda-dim", "6", *extra])
+def run_backend(*extra, train="train"):
+    return backend_cli.main(["--exp", "exp/sys", "--train-set", train, "--utt2spk", f"data/{train}/utt2spk",
+                             "--lda-dim", "6", *extra])
 
 
 def run_score(backend, *extra, trials="data/test/trials"):
@@ -98,11 +104,21 @@ def test_backend_stage_writes_kaldi_models_and_skips(recipe, capsys):
     # changed options re-fit
     assert run_backend("--num-em-iters", "3") == 0
     assert "already complete" not in capsys.readouterr().out
+    # so do changed training embeddings
+    write_set(recipe["root"], "train", 30, 4, seed=5)
+    assert run_backend("--num-em-iters", "3") == 0
+    assert "already complete" not in capsys.readouterr().out
+    assert run_backend("--num-em-iters", "3") == 0
+    assert "already complete" in capsys.readouterr().out
 
 
 def test_backend_stage_errors(recipe, capsys):
+    # the utt2spk is an explicit argument
+    with pytest.raises(SystemExit):
+        backend_cli.main(["--exp", "exp/sys", "--train-set", "train"])
+    assert "--utt2spk" in capsys.readouterr().err
     # missing embeddings of the named training set
-    assert backend_cli.main(["--exp", "exp/sys", "--train-set", "nosuch"]) == 1
+    assert backend_cli.main(["--exp", "exp/sys", "--train-set", "nosuch", "--utt2spk", "data/train/utt2spk"]) == 1
     err = capsys.readouterr().err
     assert "exp/sys/embeddings/nosuch/xvector.scp" in err
     # missing utt2spk
@@ -110,12 +126,12 @@ def test_backend_stage_errors(recipe, capsys):
     assert "data/x/utt2spk" in capsys.readouterr().err
     # more LDA dims than speakers allow -> suggestion of a smaller dim
     write_set(recipe["root"], "few", 5, 4, seed=3)
-    assert backend_cli.main(["--exp", "exp/sys", "--train-set", "few", "--lda-dim", "6"]) == 1
+    assert run_backend(train="few") == 1
     err = capsys.readouterr().err
     assert "--lda-dim 4" in err and "smaller dim" in err
     # NaN embedding in the training archive is rejected naming the utterance
     write_set(recipe["root"], "bad", 30, 4, seed=4, nan_utt="bad03-u1")
-    assert backend_cli.main(["--exp", "exp/sys", "--train-set", "bad", "--lda-dim", "6"]) == 1
+    assert run_backend(train="bad") == 1
     err = capsys.readouterr().err
     assert "bad03-u1" in err and "NaN" in err
 
@@ -225,6 +241,9 @@ def test_score_other_backends_and_results_table(recipe, capsys):
     assert run_score("plda", "--no-plot") == 0
     assert run_score("asnorm", "--no-plot") == 1
     assert "--train-set" in capsys.readouterr().err
+    (recipe["root"] / "exp/sys/embeddings/train/spk_xvector.scp").unlink()
+    assert run_score("asnorm", "--train-set", "train", "--no-plot", "--force") == 1
+    assert "exp/sys/embeddings/train/spk_xvector.scp" in capsys.readouterr().err
     (recipe["root"] / "exp/sys/num_params").write_text("4380000\n")
     # the trainer's per-epoch record: epochs and summed training-step time go into the table
     (recipe["root"] / "exp/sys/history.json").write_text(json.dumps(
@@ -246,6 +265,46 @@ def test_help(mod):
     r = subprocess.run([sys.executable, "-m", f"pysv.bin.{mod}", "--help"], capture_output=True, text=True,
                        cwd=Path(__file__).resolve().parents[1])
     assert r.returncode == 0 and "usage" in r.stdout
+    if mod == "score":  # the help describes every back-end of the table
+        assert all(f"\n  {name} " in r.stdout for name in SCORERS)
+
+
+def test_score_rejects_unknown_backend(recipe, capsys):
+    with pytest.raises(SystemExit):
+        run_score("nosuch")
+    assert "cosine_mean" in capsys.readouterr().err
+
+
+def test_score_reruns_when_an_input_it_reads_changes(recipe, capsys):
+    assert run_backend() == 0
+    assert run_score("plda", "--no-plot") == 0
+    assert run_score("cosine", "--train-set", "train", "--no-plot") == 0
+    capsys.readouterr()
+    assert run_backend("--num-em-iters", "3") == 0  # a new stage-4 model
+    assert run_score("plda", "--no-plot") == 0
+    assert "complete; skipping" not in capsys.readouterr().out
+    assert run_score("cosine", "--train-set", "train", "--no-plot") == 0  # cosine does not read it
+    assert "complete; skipping" in capsys.readouterr().out
+    write_set(recipe["root"], "test", 5, 3, seed=6, crops=True)  # new test embeddings
+    assert run_score("cosine", "--train-set", "train", "--no-plot") == 0
+    assert "complete; skipping" not in capsys.readouterr().out
+    (recipe["root"] / "exp/sys/scores/test_cosine").write_text("truncated\n")
+    assert run_score("cosine", "--train-set", "train", "--no-plot") == 0
+    assert "complete; skipping" not in capsys.readouterr().out
+
+
+def test_asnorm_cohort_is_the_training_speaker_means_of_stage_3(recipe):
+    assert run_score("asnorm", "--train-set", "train", "--asnorm-top-n", "10", "--no-plot") == 0
+    pairs, scores = read_scores(recipe["root"] / "exp/sys/scores/test_asnorm")
+    emb = recipe["root"] / "exp/sys/embeddings"
+    train = np.stack([np.asarray(v) for v in kaldiio.load_scp(str(emb / "train/xvector.scp")).values()])
+    cohort = np.stack([np.asarray(v) for v in kaldiio.load_scp(str(emb / "train/spk_xvector.scp")).values()])
+    keys = sorted(recipe["vecs"])
+    X = np.stack([recipe["vecs"][k] for k in keys])
+    ei = [keys.index(a) for a, _ in pairs]
+    ti = [keys.index(b) for _, b in pairs]
+    ref = asnorm_cosine_trials(X, X, ei, ti, cohort, top_n=10, mean=train.mean(0, dtype=np.float64))
+    np.testing.assert_allclose(scores, ref, atol=2e-6)
 
 
 def test_tta_backend_is_cosine_of_the_tta_embeddings(recipe):

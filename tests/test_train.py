@@ -80,7 +80,7 @@ def test_train_smoke_and_extract(tiny_recipe, tmp_path):
     assert extract_bin.main(["--exp", str(exp), "--data", str(test)]) == 0
     import kaldiio
     emb = {k: np.asarray(v) for k, v in kaldiio.load_scp(str(exp / "embeddings" / test.name / "xvector.scp")).items()}
-    utts = sorted(l.split()[0] for l in (test / "utt2spk").read_text().splitlines())
+    utts = sorted(line.split()[0] for line in (test / "utt2spk").read_text().splitlines())
     assert sorted(emb) == utts and all(v.shape == (512,) for v in emb.values())
     exp2 = tmp_path / "exp_copy"
     exp2.mkdir()
@@ -92,7 +92,7 @@ def test_train_smoke_and_extract(tiny_recipe, tmp_path):
     for k in utts:
         np.testing.assert_allclose(emb2[k], emb[k], rtol=1e-5, atol=1e-6)
     spk = kaldiio.load_scp(str(exp / "embeddings" / test.name / "spk_xvector.scp"))
-    counts = dict(l.split() for l in (exp / "embeddings" / test.name / "num_utts.ark").read_text().splitlines())
+    counts = dict(line.split() for line in (exp / "embeddings" / test.name / "num_utts.ark").read_text().splitlines())
     assert sorted(spk) == sorted(counts) and sum(int(c) for c in counts.values()) == len(utts)
     # crop mode keeps a [num_crops, D] matrix per utterance; crop length and count come from the
     # system's extract: block (here extract.num_crops=3, extract.crop=50) unless given explicitly
@@ -171,7 +171,7 @@ def test_nan_loss_stops_with_step_and_keeps_checkpoint(tiny_recipe, tmp_path):
         # epoch 1 has len(loader) steps; poison the 2nd step of epoch 2
         return value * float("nan") if calls["n"] == n_epoch1 + 2 else value
 
-    n_epoch1 = len(trainer.loader)
+    n_epoch1 = len(trainer.data.loader)
     loss.forward = poisoned
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 2"):
         trainer.fit()
@@ -217,8 +217,12 @@ def test_ddp_two_cpu_processes(tiny_recipe, tmp_path):
 
 
 def _noise_dirs(tmp_path):
-    """A MUSAN-like folder (noise/ and music/ categories) and a folder of RIRs, generated."""
+    """The recordings manifests of a noise set (noise and music categories) and an RIR set, as
+    stage 0 prepares them from generated folders."""
     import soundfile as sf
+    from pysv.data.corpora.musan import prepare_musan
+    from pysv.data.corpora.rirs import prepare_rirs
+    from pysv.data.prepare import AudioOptions
     rng = np.random.default_rng(0)
     musan = tmp_path / "musan"
     for cat in ("noise", "music"):
@@ -230,13 +234,16 @@ def _noise_dirs(tmp_path):
     rir = (rng.standard_normal(4000) * np.exp(-t / 0.05)).astype(np.float32)
     rir[0] = 1.0
     sf.write(rirs / "room1.wav", rir, 16000)
-    return musan, rirs
+    data = tmp_path / "aug_data"
+    prepare_musan(musan, data, audio_opts=AudioOptions(progress=False))
+    prepare_rirs(rirs, data, audio_opts=AudioOptions(progress=False))
+    return data / "manifests" / "musan_recordings.jsonl.gz", data / "manifests" / "rirs_recordings.jsonl.gz"
 
 
 @pytest.mark.parametrize("system,extra", [
     ("saep_amsoftmax", ["data.feature=fbank40", "model.hparams.feat_dim=40", "model.hparams.d_k=32",
                         "model.hparams.d_ff=64"]),
-    # fbank64 computed on the fly from augmented audio, then SpecAugment (seed 003's set-up)
+    # fbank64 computed on the fly from augmented audio, then SpecAugment (MLA-SAP's set-up)
     ("mla_resnet34_mla_sap_fr_dln_softmax", ["data.crop=60", "AUGMENT"]),
     # raw waveform with augmentation and the embedding scaled to norm 10 before the classifier
     ("rawnet2_mul_add_softmax", ["data.crop=8000", "AUGMENT"]),
@@ -368,16 +375,18 @@ def test_device_front_end_gives_the_worker_features_and_trains(tiny_recipe, tmp_
     # front_end=device: the loader yields waveform crops (and augmentation plans), the trainer
     # applies the same augmentation and computes the same Kaldi features batched on the device
     # (dither off to compare exactly)
+    no_dither = tmp_path / "fbank40_no_dither.yaml"
+    no_dither.write_text((REPO / "conf" / "fbank40.yaml").read_text().replace("dither: 1.0 ", "dither: 0.0 "))
     base = [f"data.train={tiny_recipe['train']}", *FAST, "data.on_the_fly_features=true",
-            "data.feature_overrides={dither: 0.0}"] + ([f"data.augment={augment}"] if augment else [])
+            f"data.feature={no_dither}"] + ([f"data.augment={augment}"] if augment else [])
     conf = str(REPO / "conf" / "thin_resnet34_angleproto.yaml")
     trainers = {}
     for fe in ("worker", "device"):
         t = Trainer(load_config(conf, base + [f"data.front_end={fe}"]), str(tmp_path / fe), DistInfo(), progress=False)
         t.build()
-        t.sampler.set_epoch(1)
-        t.train_set.set_epoch(1)
-        trainers[fe] = next(iter(t.loader))
+        t.data.sampler.set_epoch(1)
+        t.data.train_set.set_epoch(1)
+        trainers[fe] = next(iter(t.data.loader))
     (xw, yw), (xd, yd, *plans) = trainers["worker"], trainers["device"]
     assert xw.dim() == 3 and xd.dim() == 2 and torch.equal(yw, yd)
     assert bool(plans) == bool(augment) and (not plans or {p.kind for p in plans[0]} == {"babble"})
@@ -436,7 +445,7 @@ def test_fine_tuning_starts_from_a_trained_encoder_with_a_new_head(tiny_recipe, 
 
 
 def test_warmup_and_decay_schedules_per_iteration():
-    from pysv.train.trainer import lr_multiplier
+    from pysv.train.optim import lr_multiplier
     # 4 warm-up steps of 20: 1/4, 2/4, 3/4, 1; then exponential to 0.01 at the last step
     assert [lr_multiplier(s, 4, 20, 0.01, "warmup_exp") for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert lr_multiplier(4, 4, 20, 0.01, "warmup_exp") == pytest.approx(1.0)
@@ -453,11 +462,11 @@ def test_schedule_and_margin_ramp_in_training(tiny_recipe, tmp_path):
     exp, _ = run_train(tiny_recipe, tmp_path, "thin_resnet34_aamsoftmax.yaml", "train.epochs=2",
                        "scheduler.name=warmup_exp", "scheduler.warmup_epochs=0.5", "scheduler.min_lr=0.0005",
                        "train.margin_ramp=[0, 2]", exp_name="sched")
-    from pysv.train.trainer import lr_multiplier
+    from pysv.train.optim import lr_multiplier
     cfg = load_config(str(exp / "config.yaml"))
     t = Trainer(cfg, str(tmp_path / "probe"), DistInfo(), progress=False)
     t.build()
-    per_epoch = len(t.loader)
+    per_epoch = len(t.data.loader)
     hist = json.loads((exp / "history.json").read_text())
     for h in hist:
         steps = h["epoch"] * per_epoch

@@ -7,7 +7,8 @@
   binary (``\\0B<Plda> DV ... DM ... DV ... </Plda> ``) or text, exactly as ``Plda::Write``
   writes it, so ``ivector-plda-scoring`` / ``ivector-copy-plda`` read ours and we read theirs.
 * Embedding archives ``xvector.scp`` (1-D float vectors) and ``xvector_crops.scp`` (matrices),
-  ``num_utts.ark`` (text ``spk count``).
+  ``num_utts.ark`` (text ``spk count``), and :func:`archive_signature`, what a stage reading an
+  archive fingerprints.
 """
 from __future__ import annotations
 
@@ -15,24 +16,26 @@ import io
 import re
 import struct
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
+import kaldiio
 import numpy as np
+from tqdm import tqdm
 
 from pysv.utils.io import DataError, atomic_path, read_table
+from pysv.utils.stage import file_signature
 
 PathLike = Union[str, Path]
 
 __all__ = [
     "read_kaldi_vector", "read_kaldi_matrix", "write_kaldi_vector", "write_kaldi_matrix",
     "read_plda_file", "write_plda_file", "load_embeddings", "load_crops", "read_num_utts",
+    "archive_signature",
 ]
 
 
 # --------------------------------------------------------------------------- vectors / matrices
 def _load_mat(path: PathLike):
-    import kaldiio
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"missing file: {path}")
@@ -71,8 +74,6 @@ def _text_matrix(m: np.ndarray) -> str:
 
 def write_kaldi_vector(path: PathLike, v, binary: bool = True, dtype=np.float32) -> None:
     """Write a Kaldi vector (``FV`` for float32, ``DV`` for float64) atomically."""
-    import kaldiio
-
     v = np.asarray(v, dtype=dtype).ravel()
     with atomic_path(path) as tmp:
         if binary:
@@ -83,8 +84,6 @@ def write_kaldi_vector(path: PathLike, v, binary: bool = True, dtype=np.float32)
 
 def write_kaldi_matrix(path: PathLike, m, binary: bool = True, dtype=np.float32) -> None:
     """Write a Kaldi matrix (``FM`` for float32, ``DM`` for float64) atomically."""
-    import kaldiio
-
     m = np.asarray(m, dtype=dtype)
     if m.ndim != 2:
         raise ValueError(f"expected a 2-D matrix, got shape {m.shape}")
@@ -255,8 +254,6 @@ def write_plda_file(path: PathLike, mean, transform, psi, binary: bool = True) -
 
 # --------------------------------------------------------------------------- archives
 def _iter_scp(scp: Path):
-    import kaldiio
-
     try:
         yield from kaldiio.load_scp_sequential(str(scp))
     except FileNotFoundError as e:
@@ -267,6 +264,19 @@ def _iter_scp(scp: Path):
         raise DataError(f"{scp}: cannot read the archive: {e}") from e
 
 
+def archive_signature(scp: PathLike) -> Dict[str, Any]:
+    """:func:`pysv.utils.stage.file_signature` of an scp and of every ark file it names."""
+    scp = Path(scp)
+    arks = set()
+    if scp.is_file():
+        with open(scp, encoding="utf-8") as f:
+            for line in f:
+                parts = line.split(maxsplit=1)
+                if len(parts) == 2:
+                    arks.add(re.sub(r":\d+$", "", parts[1].strip()))
+    return {"scp": file_signature(scp), "ark": {a: file_signature(a) for a in sorted(arks)}}
+
+
 def load_embeddings(scp: PathLike, keys: Optional[Iterable[str]] = None, what: str = "embedding",
                     progress: bool = True) -> Tuple[List[str], np.ndarray]:
     """Load 1-D vectors from a kaldiio ``scp`` as ``(keys, float32 [N, D])``.
@@ -275,8 +285,6 @@ def load_embeddings(scp: PathLike, keys: Optional[Iterable[str]] = None, what: s
     when the scp is read sequentially). Vectors with NaN/inf or a different dimension are
     rejected with a :class:`DataError` naming the utterance.
     """
-    from tqdm import tqdm
-
     scp = Path(scp)
     if not scp.is_file():
         raise DataError(f"missing {what} list: {scp}")
@@ -311,8 +319,6 @@ def load_embeddings(scp: PathLike, keys: Optional[Iterable[str]] = None, what: s
 
 def _iter_scp_subset(scp: Path, wanted: set):
     """Read only the scp lines whose key is wanted (keeps the archive open between reads)."""
-    import kaldiio
-
     lines = []
     with open(scp, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -337,8 +343,6 @@ def _iter_scp_subset(scp: Path, wanted: set):
 def load_crops(scp: PathLike, keys: Optional[Iterable[str]] = None,
                progress: bool = True) -> Tuple[List[str], np.ndarray]:
     """Load per-utterance crop embeddings ``[K, D]`` (xvector_crops.scp) as ``[N, K, D]`` float32."""
-    from tqdm import tqdm
-
     scp = Path(scp)
     if not scp.is_file():
         raise DataError(f"missing crop-embedding list: {scp}")

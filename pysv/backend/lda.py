@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
+from scipy.sparse import csr_matrix
+
+from .kaldi_io import read_kaldi_matrix, write_kaldi_matrix
 
 __all__ = ["LDA", "class_stats"]
 
@@ -29,8 +32,6 @@ __all__ = ["LDA", "class_stats"]
 def class_stats(X: np.ndarray, labels, chunk: int = 65536):
     """``(classes, inverse, counts, means)`` of rows of ``X`` grouped by ``labels`` (means in
     float64, accumulated in row chunks so a float32 ``X`` is never copied whole)."""
-    from scipy.sparse import csr_matrix
-
     labels = np.asarray(labels)
     if labels.shape[0] != X.shape[0]:
         raise ValueError(f"{X.shape[0]} vectors but {labels.shape[0]} labels")
@@ -166,25 +167,13 @@ class LDA:
     # ------------------------------------------------------------------ io
     def write(self, path: Union[str, Path], binary: bool = True) -> None:
         """Write Kaldi's ``transform.mat`` (float matrix ``[dim, D+1]``)."""
-        from .kaldi_io import write_kaldi_matrix
-
         write_kaldi_matrix(path, self.matrix_, binary=binary)
 
     @classmethod
     def read(cls, path: Union[str, Path]) -> "LDA":
         """Read a Kaldi LDA matrix (``[dim, D+1]`` affine as ``ivector-compute-lda`` writes it;
         a ``[dim, D]`` linear one also works with :meth:`transform`)."""
-        from .kaldi_io import read_kaldi_matrix
-
         M = read_kaldi_matrix(path)
         obj = cls(dim=max(M.shape[0], 1))
         obj._set_matrix(M)
-        return obj
-
-    @classmethod
-    def from_linear(cls, linear, offset=None) -> "LDA":
-        linear = np.asarray(linear, dtype=np.float64)
-        offset = np.zeros(linear.shape[0]) if offset is None else np.asarray(offset, dtype=np.float64)
-        obj = cls(dim=linear.shape[0])
-        obj._set_matrix(np.hstack([linear, offset[:, None]]))
         return obj

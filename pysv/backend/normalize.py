@@ -7,6 +7,8 @@ from typing import Optional, Union
 
 import numpy as np
 
+from .kaldi_io import read_kaldi_vector, write_kaldi_vector
+
 __all__ = ["length_norm", "LengthNorm", "MeanSubtract"]
 
 
@@ -66,12 +68,8 @@ class MeanSubtract:
     __call__ = transform
 
     def write(self, path: Union[str, Path], binary: bool = True) -> None:
-        from .kaldi_io import write_kaldi_vector
-
         write_kaldi_vector(path, self.mean_, binary=binary)
 
     @classmethod
     def read(cls, path: Union[str, Path]) -> "MeanSubtract":
-        from .kaldi_io import read_kaldi_vector
-
         return cls(read_kaldi_vector(path))

@@ -19,6 +19,8 @@ from typing import Union
 
 import numpy as np
 
+from pysv.utils.io import DataError
+
 from .lda import LDA
 from .normalize import MeanSubtract, length_norm
 from .plda import PLDA
@@ -86,8 +88,6 @@ class PldaBackend:
     @classmethod
     def load(cls, directory: Union[str, Path], plda_length_norm: str = "kaldi",
              smoothing: float = 0.0) -> "PldaBackend":
-        from pysv.utils.io import DataError
-
         d = Path(directory)
         missing = [str(d / f) for f in BACKEND_FILES if not (d / f).is_file()]
         if missing:

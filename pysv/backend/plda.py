@@ -28,8 +28,9 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from .kernels import paired_dot
+from .kaldi_io import read_plda_file, write_plda_file
 from .lda import class_stats, scatter
+from .sampled_matmul import paired_dot
 
 log = logging.getLogger(__name__)
 
@@ -337,15 +338,11 @@ class PLDA:
     # ------------------------------------------------------------------ io
     def write(self, path: Union[str, Path], binary: bool = True) -> None:
         """Write Kaldi's PLDA model (``<Plda> mean transform psi </Plda>``), atomically."""
-        from .kaldi_io import write_plda_file
-
         self._check_fitted()
         write_plda_file(path, self.mean_, self.transform_, self.psi_, binary=binary)
 
     @classmethod
     def read(cls, path: Union[str, Path], **kwargs) -> "PLDA":
         """Read a Kaldi PLDA model (binary or text); ``kwargs`` as for the constructor."""
-        from .kaldi_io import read_plda_file
-
         mean, transform, psi = read_plda_file(path)
         return cls.from_params(mean, transform, psi, **kwargs)

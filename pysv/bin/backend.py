@@ -1,21 +1,21 @@
 """Stage 4: fit the Kaldi-style back-end (mean → LDA → length norm → PLDA) on training embeddings.
 
-Reads   exp/<system>/embeddings/<train-set>/xvector.scp and data/<train-set>/utt2spk
+Reads   exp/<system>/embeddings/<train-set>/xvector.scp (stage 3) and --utt2spk
 Writes  exp/<system>/backend/{mean.vec, transform.mat, plda} in Kaldi formats (atomically), then
-        exp/<system>/backend/.done (the options used); a re-run with the same options and
-        unchanged inputs does nothing.
+        exp/<system>/backend/.done (the options and inputs used); a re-run with the same options
+        and unchanged inputs does nothing.
 
 Kaldi equivalent (egs/voxceleb/v2): ivector-mean; ivector-compute-lda --total-covariance-factor=0.0
 --dim=<lda-dim>; ivector-compute-plda --num-em-iters=<n> on mean-subtracted, LDA-projected,
 length-normalized x-vectors.
 
 Example:
-    python -m pysv.bin.backend --exp exp/xvector_softmax --train-set voxceleb2_dev --lda-dim 200
+    python -m pysv.bin.backend --exp exp/xvector_softmax --train-set voxceleb2_dev \
+        --utt2spk data/voxceleb2_dev/utt2spk --lda-dim 200
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -24,7 +24,7 @@ from typing import List, Optional
 import numpy as np
 
 from pysv.utils.cli import run_cli, str2bool
-from pysv.utils.io import DataError, is_complete, mark_complete, read_table
+from pysv.utils.io import DataError, read_table
 
 log = logging.getLogger("pysv.bin.backend")
 
@@ -36,11 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exp", required=True, help="experiment directory exp/<system>")
     p.add_argument("--train-set", required=True,
                    help="name of the training set whose embeddings are in exp/<system>/embeddings/<train-set>/")
-    p.add_argument("--utt2spk", default=None,
-                   help="utt2spk of the training set (default: data/<train-set>/utt2spk)")
+    p.add_argument("--utt2spk", required=True, help="utt2spk of the training set, e.g. data/<train-set>/utt2spk")
     p.add_argument("--lda-dim", type=int, default=200,
-                   help="LDA output dimension, as ivector-compute-lda --dim (default 200, seed 001); "
-                        "must be smaller than the number of training speakers")
+                   help="LDA output dimension, as ivector-compute-lda --dim; default 200, as for the "
+                        "x-vector baseline of SAEP; must be smaller than the number "
+                        "of training speakers")
     p.add_argument("--num-em-iters", type=int, default=10,
                    help="PLDA EM iterations, as ivector-compute-plda --num-em-iters (default 10)")
     p.add_argument("--total-covariance-factor", type=float, default=0.0,
@@ -56,15 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pysv.backend import PldaBackend, load_embeddings
+    from pysv.backend import BACKEND_FILES, PldaBackend, archive_signature, load_embeddings
+    from pysv.utils import stage
 
     exp = Path(args.exp)
     if not exp.is_dir():
         raise DataError(f"missing experiment directory: {exp}")
     scp = exp / "embeddings" / args.train_set / "xvector.scp"
-    utt2spk_path = Path(args.utt2spk) if args.utt2spk else Path("data") / args.train_set / "utt2spk"
+    utt2spk_path = Path(args.utt2spk)
     for f, what in ((scp, "training embeddings (run stage 3 for the training set)"),
-                    (utt2spk_path, "training utt2spk (give --utt2spk)")):
+                    (utt2spk_path, "training utt2spk (--utt2spk)")):
         if not f.is_file():
             raise DataError(f"missing {what}: {f}")
     out = exp / "backend"
@@ -74,17 +75,15 @@ def run(args: argparse.Namespace) -> int:
         "num_em_iters": args.num_em_iters, "total_covariance_factor": args.total_covariance_factor,
         "covariance_floor": args.covariance_floor, "binary": args.binary,
     }
-    if not args.force and is_complete(done) and all((out / f).is_file() for f in ("mean.vec", "transform.mat", "plda")):
-        try:
-            prev = json.loads(done.read_text())
-        except ValueError:
-            prev = None
-        newest_input = max(scp.stat().st_mtime, utt2spk_path.stat().st_mtime)
-        if prev == options and done.stat().st_mtime >= newest_input:
+    fingerprint = {"options": options, "embeddings": archive_signature(scp),
+                   "utt2spk": stage.file_signature(utt2spk_path)}
+    if not args.force:
+        reason = stage.check(done, fingerprint)
+        if reason is None:
             log.info("%s is complete (same options, inputs unchanged); skipping. Use --force to re-fit.", out)
             print(f"back-end {out} already complete; skipping")
             return 0
-        log.info("%s exists but options or inputs changed; re-fitting", out)
+        log.info("fitting %s: %s", out, reason)
 
     utt2spk = read_table(utt2spk_path)
     keys, X = load_embeddings(scp)
@@ -106,8 +105,7 @@ def run(args: argparse.Namespace) -> int:
     if args.lda_dim > X.shape[1]:
         raise DataError(f"--lda-dim {args.lda_dim} exceeds the embedding dimension {X.shape[1]}; "
                         f"use --lda-dim {X.shape[1]} or less")
-    if done.exists():
-        done.unlink()
+    done.unlink(missing_ok=True)
     be = PldaBackend(lda_dim=args.lda_dim, num_em_iters=args.num_em_iters,
                      total_covariance_factor=args.total_covariance_factor,
                      covariance_floor=args.covariance_floor)
@@ -116,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise DataError(f"cannot fit the back-end on {scp}: {e}") from e
     be.save(out, binary=args.binary)
-    mark_complete(done, json.dumps(options, sort_keys=True))
+    stage.write(done, fingerprint, outputs=[out / f for f in BACKEND_FILES],
+                utterances=int(X.shape[0]), speakers=int(n_spk))
     psi = be.plda.psi_
     log.info("PLDA between-class variances (normalized space): max %.3f, min %.3f", psi.max(), psi.min())
     print(f"wrote {out}/mean.vec, transform.mat ({args.lda_dim}x{X.shape[1] + 1}), plda "

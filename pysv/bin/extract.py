@@ -8,8 +8,8 @@ Outputs in ``exp/<system>/embeddings/<set>/``, one name per mode so that the pro
 overwrite each other:
   full   ``xvector.{ark,scp}`` (one 1-D float32 vector per utterance), ``spk_xvector.{ark,scp}``
          (speaker means), ``num_utts.ark`` (``spk count``) -- what cosine / PLDA / AS-norm score;
-  crops  ``xvector_crops.{ark,scp}``: a ``[num_crops, D]`` matrix per utterance (seed 000 §4.2);
-  tta    ``xvector_tta.{ark,scp}``: the mean over sliding crops with ``overlap`` (seed 004 §4.2).
+  crops  ``xvector_crops.{ark,scp}``: a ``[num_crops, D]`` matrix per utterance (MP-2021 §4.2);
+  tta    ``xvector_tta.{ark,scp}``: the mean over sliding crops with ``overlap`` (RawNet2 §4.2).
 The defaults of ``--crop-len``, ``--num-crops`` and ``--overlap`` come from the system's
 ``extract:`` block in ``exp/<system>/config.yaml`` (its ``mode`` is what run.sh extracts besides
 full). Feature systems read
@@ -45,27 +45,6 @@ def resolve_protocol(cfg: dict, mode=None, crop_len=None, num_crops=None, overla
             "crop_len": int(crop_len or ex.get("crop") or cfg["data"]["crop"]),
             "num_crops": int(num_crops or ex.get("num_crops", 10)),
             "overlap": float(ex.get("overlap", 0.2) if overlap is None else overlap)}
-
-
-def split_utts(utts: List[str], nj: int, job: int) -> List[str]:
-    """The job-th (1-based) of nj contiguous parts of the sorted utterance list."""
-    n = len(utts)
-    lo, hi = (job - 1) * n // nj, job * n // nj
-    return utts[lo:hi]
-
-
-def write_vectors(path_prefix: Path, vectors: Dict[str, np.ndarray]) -> None:
-    """Write ``<prefix>.ark`` + ``<prefix>.scp`` (sorted keys) atomically; the scp names the final ark."""
-    import kaldiio
-    from pysv.utils.io import atomic_path
-    ark = Path(f"{path_prefix}.ark")
-    scp = Path(f"{path_prefix}.scp")
-    with atomic_path(ark) as tmp_ark, atomic_path(scp) as tmp_scp:
-        with kaldiio.WriteHelper(f"ark,scp:{tmp_ark},{tmp_scp}") as w:
-            for key in sorted(vectors):
-                w(key, np.asarray(vectors[key], dtype=np.float32))
-        text = Path(tmp_scp).read_text().replace(str(tmp_ark), str(ark.resolve()))
-        Path(tmp_scp).write_text(text)
 
 
 def main(argv=None) -> int:
@@ -127,7 +106,7 @@ class Job:
     def __init__(self, exp: Path, data: Path, cfg: dict, proto: dict, model_epochs, precision: str = "fp32",
                  state: Optional[dict] = None):
         from pysv import models as model_lib
-        from pysv.train.trainer import features_dir
+        from pysv.data.loader import features_dir
         self.exp, self.data, self.cfg, self.proto = exp, data, cfg, proto
         self.mode = proto["mode"]
         self.name = out_name(self.mode)
@@ -150,7 +129,8 @@ class Job:
                             "source": {"path": str(table.resolve()), **stage.file_signature(table)},
                             # stage 1's marker holds its options' fingerprint: recomputed features with
                             # other options change it even where feats.scp reads the same
-                            "features": stage.file_signature(self.source / ".done") if self.kind == "features" else None,
+                            "features": (stage.file_signature(self.source / ".done")
+                                         if self.kind == "features" else None),
                             "protocol": protocol, "precision": precision}
         # batching (--batch-seconds) changes the embeddings by float rounding only: not fingerprinted
 
@@ -171,53 +151,55 @@ class Job:
         return cls(exp, data, cfg, proto, max(epochs) if epochs else None, getattr(args, "precision", "fp32"),
                    state)
 
-    def part_fingerprint(self, job: int, nj: int) -> dict:
-        return {**self.fingerprint, "part": {"job": job, "nj": nj}}
+    @property
+    def utts(self) -> List[str]:
+        """The set's utterances, sorted (as the reader orders them)."""
+        from pysv.utils.io import read_table
+        return sorted(read_table(self.source / "utt2spk"))
+
+    def part(self, job: int, nj: int) -> stage.Part:
+        """Job ``job`` of ``nj``: its utterances and its files in ``split_<name>/``."""
+        return stage.Part.of(self.split, self.name, self.utts, job, nj)
 
     def run(self, job: int, nj: int, device_name: str, batch_seconds=None) -> int:
+        """Embed part ``job`` of ``nj`` (0: the whole set, then :meth:`finish`)."""
         import torch
         from pysv.embed import UtteranceReader, default_batch_seconds, embed_utterances, units_per_second
-        from pysv.train.trainer import encoder_from_state
-        part = f".{job}" if job else ""
-        if job:
-            marker = self.split / f".done{part}"
-            if stage.check(marker, self.part_fingerprint(job, nj)) is None:
+        from pysv.train.checkpoint import encoder_from_state
+        part = self.part(job, nj) if job else None
+        if part:
+            if stage.check(part.marker, part.fingerprint(self.fingerprint)) is None:
                 log.info("part %d of %d complete; skipping", job, nj)
                 return 0
+            part.reset()
         device = torch.device("cuda" if device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
                               else "cpu")
         model = encoder_from_state(self.state, self.cfg, device)
         if batch_seconds is None:
             batch_seconds = default_batch_seconds(device)
         reader = UtteranceReader(self.source, kind=self.kind)
-        utts = split_utts(reader.utts, nj, job) if job else reader.utts
         p = self.proto
-        emb = embed_utterances(model, reader, utts, device, mode=self.mode, crop_len=p["crop_len"],
-                               num_crops=p["num_crops"], overlap=p["overlap"], progress=True,
+        emb = embed_utterances(model, reader, part.items if part else reader.utts, device, mode=self.mode,
+                               crop_len=p["crop_len"], num_crops=p["num_crops"], overlap=p["overlap"], progress=True,
                                desc=f"{self.exp.name}:{self.data.name}:{self.mode}",
-                               batch_frames=int(units_per_second(self.cfg, self.kind) * batch_seconds), precision=self.precision)
-        prefix = (self.split / f"{self.name}{part}") if job else (self.out / self.name)
-        write_vectors(prefix, emb)
-        if job:
-            stage.write(self.split / f".done{part}", self.part_fingerprint(job, nj),
-                        outputs=[Path(f"{prefix}.ark"), Path(f"{prefix}.scp")], utterances=len(emb))
+                               batch_frames=int(units_per_second(self.cfg, self.kind) * batch_seconds),
+                               precision=self.precision)
+        if part:
+            outputs = stage.write_ark(part.ark, part.scp, sorted(emb.items()))
+            stage.write(part.marker, part.fingerprint(self.fingerprint), outputs=outputs, utterances=len(emb))
             return 0
+        stage.write_ark(self.out / f"{self.name}.ark", self.out / f"{self.name}.scp", sorted(emb.items()))
         self.finish(emb)
         return 0
 
     def merge(self, nj: int) -> int:
+        """Join the ``nj`` complete parts (their arks byte for byte), then :meth:`finish`."""
         import kaldiio
-        from pysv.utils.io import DataError
-        emb: Dict[str, np.ndarray] = {}
-        for j in range(1, nj + 1):
-            scp = self.split / f"{self.name}.{j}.scp"
-            reason = stage.check(self.split / f".done.{j}", self.part_fingerprint(j, nj))
-            if reason is not None:
-                raise DataError(f"extraction part {j} of {nj} ({scp}) is not complete: {reason}")
-            for k, v in kaldiio.load_scp(str(scp)).items():
-                emb[k] = np.asarray(v)
-        write_vectors(self.out / self.name, emb)
-        self.finish(emb)
+        parts = [self.part(job, nj) for job in range(1, nj + 1)]
+        stage.require_complete(parts, self.fingerprint, what=f"{self.out}/{self.name}.scp")
+        scp = self.out / f"{self.name}.scp"
+        stage.merge(parts, scp, ark=self.out / f"{self.name}.ark", keys=self.utts)
+        self.finish({k: np.asarray(v) for k, v in kaldiio.load_scp(str(scp)).items()})
         shutil.rmtree(self.split, ignore_errors=True)
         return 0
 
@@ -237,7 +219,8 @@ class Job:
             spk: Dict[str, List[np.ndarray]] = {}
             for utt, vec in emb.items():
                 spk.setdefault(utt2spk[utt], []).append(vec)
-            write_vectors(self.out / "spk_xvector", {s: np.mean(v, axis=0) for s, v in spk.items()})
+            stage.write_ark(self.out / "spk_xvector.ark", self.out / "spk_xvector.scp",
+                            sorted((s, np.mean(v, axis=0)) for s, v in spk.items()))
             with atomic_write(self.out / "num_utts.ark") as f:
                 for s in sorted(spk):
                     f.write(f"{s} {len(spk[s])}\n")

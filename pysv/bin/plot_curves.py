@@ -1,4 +1,4 @@
-"""Plot the validation-EER curves of several systems in one figure (like seed 000 Fig. 2).
+"""Plot the validation-EER curves of several systems in one figure (like MP-2021 Fig. 2).
 
     python -m pysv.bin.plot_curves --exp-root exp --out exp/valid_eer_curves.png [system ...]
 """

@@ -17,7 +17,14 @@ import re
 import sys
 from typing import List, Optional
 
-from pysv.data.prepare import AudioOptions, TrialOptions, default_nj
+from pysv.data.corpora.folder import prepare_folder
+from pysv.data.corpora.mini import prepare_mini
+from pysv.data.corpora.mini_synth import MiniConfig
+from pysv.data.corpora.musan import prepare_musan
+from pysv.data.corpora.rirs import prepare_rirs
+from pysv.data.corpora.voxceleb import prepare_voxceleb
+from pysv.data.prepare import AudioOptions, default_nj
+from pysv.data.trials import TrialOptions
 from pysv.utils.io import DataError
 from pysv.utils.logging import setup_logging
 
@@ -29,7 +36,8 @@ outputs (per set <set>):
   <data-root>/<set>/{wav.scp,utt2spk,spk2utt,utt2dur}                           Kaldi data dir
   <data-root>/<set>/trials (test sets)                                           'enroll test target|nontarget'
   <data-root>/<set>/.done                                                        written last
-A stage whose .done files record the same configuration is skipped (use --force to redo it).
+A stage whose .done markers record the same configuration (and whose outputs are intact) is skipped
+(use --force to redo it).
 Inputs are validated before anything is written: bad input stops with an error naming the file /
 utterance / speaker and leaves no output.
 """
@@ -116,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("mini corpus")
     g.add_argument("--corpus-dir", default=None,
                    help="where the audio is generated (default: <data-root>/mini_corpus)")
-    g.add_argument("--name", default="mini", type=set_name, help="set / corpus name: sets <name>_train, <name>_test (default: mini)")
+    g.add_argument("--name", default="mini", type=set_name,
+                   help="set / corpus name: sets <name>_train, <name>_test (default: mini)")
     g.add_argument("--num-speakers", type=int, default=48, help="speakers in total (default: 48)")
     g.add_argument("--num-test-speakers", type=int, default=16,
                    help="speakers held out for the test set (default: 16; 0 = no test set)")
@@ -141,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=OUTPUTS)
     g = p.add_argument_group("folder corpus")
     g.add_argument("--corpus-dir", required=True, help="directory of <speaker>/<utterance>.{wav,flac}")
-    g.add_argument("--name", default="folder", type=set_name, help="set / corpus name: sets <name>_train, <name>_test (default: folder)")
+    g.add_argument("--name", default="folder", type=set_name,
+                   help="set / corpus name: sets <name>_train, <name>_test (default: folder)")
     g.add_argument("--test-corpus-dir", default=None,
                    help="separate test directory of the same layout (then all of --corpus-dir is training)")
     g.add_argument("--test-speakers", default=None,
@@ -213,8 +223,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     logger.info("preparing %s: %s", args.corpus, " ".join(sys.argv[1:]) if argv is None else " ".join(argv))
     try:
         if args.corpus == "mini":
-            from pysv.data.mini_corpus import MiniConfig
-            from pysv.data.prepare import prepare_mini
             cfg = MiniConfig(num_speakers=args.num_speakers, utts_per_speaker=args.utts_per_speaker,
                              min_duration=args.min_duration, max_duration=args.max_duration,
                              sample_rate=args.sample_rate, seed=args.seed,
@@ -224,20 +232,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                          TrialOptions(args.seed, args.max_target_trials, args.nontarget_ratio), audio,
                          name=args.name, force=args.force)
         elif args.corpus == "folder":
-            from pysv.data.prepare import prepare_folder
             prepare_folder(args.corpus_dir, args.data_root, args.name, args.test_corpus_dir, args.test_speakers,
                            args.test_fraction, TrialOptions(args.seed, args.max_target_trials, args.nontarget_ratio),
                            audio, force=args.force)
         elif args.corpus == "voxceleb":
-            from pysv.data.prep_voxceleb import prepare_voxceleb
             prepare_voxceleb(args.data_root, args.vox1_dir, args.vox2_dir, args.train_corpora,
                              {"O": args.vox1_o, "E": args.vox1_e, "H": args.vox1_h}, args.trials_dir,
                              args.train_set_name, args.test_set_name, audio, force=args.force)
         elif args.corpus == "musan":
-            from pysv.data.prep_augment import prepare_musan
             prepare_musan(args.musan_dir, args.data_root, args.name, args.categories, audio, force=args.force)
         elif args.corpus == "rirs":
-            from pysv.data.prep_augment import prepare_rirs
             prepare_rirs(args.rirs_dir, args.data_root, args.name, args.rir_types, audio, force=args.force)
     except DataError as e:
         logger.error("%s", e)

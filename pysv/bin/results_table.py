@@ -1,11 +1,12 @@
-"""Collect the results of a recipe run into one markdown table (in the spirit of seeds 000/002 Table 2).
+"""Collect the results of a recipe run into one markdown table (in the spirit of MP-2021 Table 2).
 
 Reads every exp/<system>/scores/*.metrics written by stage 5 (python -m pysv.bin.score) and, when
 present, exp/<system>/num_params (the encoder's parameter count, first token) and
 exp/<system>/history.json (the trainer's per-epoch record: number of epochs and the summed
 wall time of the training steps, per-epoch validation excluded). One row per (system, trial list,
-back-end): system, params, epochs, train time, trials, back-end, EER (%), minDCF at p=0.01 and
-p=0.05. Printed to stdout and, with --out, written atomically to a file.
+back-end, back-ends in the order of pysv.backend.SCORERS): system, params, epochs, train time,
+trials, back-end, EER (%), minDCF at p=0.01 and p=0.05. Printed to stdout and, with --out, written
+atomically to a file.
 
 Example:
     python -m pysv.bin.results_table --exp-root exp --out RESULTS_table.md
@@ -19,8 +20,6 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from pysv.utils.io import atomic_write
-
-BACKEND_ORDER = {"cosine": 0, "cosine_mean": 1, "asnorm": 2, "crops": 3, "tta": 4, "plda": 5}
 
 
 def format_params(n: Optional[int]) -> str:
@@ -67,6 +66,9 @@ def format_duration(sec: Optional[float]) -> str:
 
 
 def collect(exp_root: Path) -> List[dict]:
+    from pysv.backend import SCORERS
+
+    backend_order = {name: i for i, name in enumerate(SCORERS)}
     rows = []
     systems = {}  # system dir -> (params, epochs, train seconds), read once per system, not per metrics file
     for mfile in sorted(exp_root.glob("*/scores/*.metrics")):
@@ -94,7 +96,8 @@ def collect(exp_root: Path) -> List[dict]:
             "num_trials": m.get("num_trials"),
             "num_skipped": m.get("num_skipped", 0),
         })
-    rows.sort(key=lambda r: (r["trials"], r["system"], BACKEND_ORDER.get(r["backend"], 99), r["backend"]))
+    rows.sort(key=lambda r: (r["trials"], r["system"], backend_order.get(r["backend"], len(backend_order)),
+                             r["backend"]))
     return rows
 
 

@@ -1,30 +1,34 @@
 """Stage 5: score a trial list with one back-end and compute EER / minDCF and a DET plot.
 
-Reads   data/<test>/trials (Kaldi "enroll test target|nontarget" or VoxCeleb "1 enroll test"),
-        exp/<system>/embeddings/<test-set>/xvector.scp (xvector_crops.scp for --backend crops),
-        exp/<system>/backend/{mean.vec,transform.mat,plda} for --backend plda (stage 4),
-        exp/<system>/embeddings/<train-set>/ for cosine_mean (training mean) and asnorm (cohort).
+Reads   --trials (Kaldi "enroll test target|nontarget" or VoxCeleb "1 enroll test");
+        exp/<system>/embeddings/<test-set>/<archive>.scp, the back-end's stage-3 archive
+        (xvector, or xvector_crops / xvector_tta for crops / tta; the enrollment side from
+        --enroll-set, spk_xvector.scp + num_utts.ark with --enroll-level spk);
+        and what the back-end reads besides (pysv.backend.scorers.INPUTS): the training mean (of
+        exp/<system>/embeddings/<train-set>/xvector.scp, else exp/<system>/backend/mean.vec), the
+        cohort exp/<system>/embeddings/<train-set>/spk_xvector.scp, the stage-4 model
+        exp/<system>/backend/{mean.vec,transform.mat,plda}.
 Writes  exp/<system>/scores/<trials-name>_<backend>          "enroll test score" lines
         exp/<system>/scores/<trials-name>_<backend>.metrics  json: EER (%), minDCF p=0.01/0.05, counts
         exp/<system>/scores/<trials-name>_<backend>_det.png  DET plot
+        exp/<system>/scores/.done_<trials-name>_<backend>    what they were computed from
 All atomically; a re-run with the same options and unchanged inputs does nothing.
 
-Back-ends:
+Back-ends (pysv.backend.SCORERS):
   cosine       cosine similarity of the raw embeddings
-  cosine_mean  cosine after subtracting the training mean (mean of <train-set> embeddings, or
-               exp/<system>/backend/mean.vec when --train-set is not given)
+  cosine_mean  cosine after subtracting the training mean
+  asnorm       adaptive symmetric score normalization of cosine_mean scores, the training
+               speakers (spk_xvector.scp of <train-set>) as cohort
+  crops        MP-2021 §4.2: minus the mean of the 10×10 Euclidean distances
+               between the crop embeddings of the two utterances (xvector_crops.scp)
+  tta          RawNet2 §4.2: cosine similarity of the test-time-augmented
+               embeddings (mean over crops of the training length with 20 % overlap, xvector_tta.scp)
   plda         mean subtraction → LDA → length norm → PLDA log-likelihood ratio (Kaldi
                ivector-plda-scoring; fit with python -m pysv.bin.backend)
-  crops        seed 000 §4.2: minus the mean of the 10×10 Euclidean distances between the crop
-               embeddings of the two utterances (xvector_crops.scp)
-  tta          seed 004 §4.2: cosine similarity of the test-time-augmented embeddings (mean over
-               crops of the training length with 20 % overlap, xvector_tta.scp)
-  asnorm       adaptive symmetric score normalization of cosine_mean scores with a cohort of
-               <train-set> speaker embeddings (spk_xvector.scp, or speaker means via utt2spk)
 
 Example:
     python -m pysv.bin.score --exp exp/xvector_softmax --trials data/voxceleb1_test/trials \\
-        --test-set voxceleb1_test --backend plda
+        --test-set voxceleb1_test --train-set voxceleb2_dev --backend plda
 """
 from __future__ import annotations
 
@@ -34,18 +38,14 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 from pysv.utils.cli import run_cli, str2bool
-from pysv.utils.io import DataError, atomic_write, read_table, read_trials
+from pysv.utils.io import DataError, atomic_write, read_trials
 
 log = logging.getLogger("pysv.bin.score")
-
-BACKENDS = ("cosine", "cosine_mean", "plda", "crops", "tta", "asnorm")
-#: back-ends that score the embeddings of a test protocol other than full utterances (stage 3 mode)
-PROTOCOL_FILES = {"crops": "xvector_crops.scp", "tta": "xvector_tta.scp"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,13 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", required=True, help="trial list (Kaldi or VoxCeleb format), e.g. data/<test>/trials")
     p.add_argument("--test-set", required=True,
                    help="set whose embeddings are in exp/<system>/embeddings/<test-set>/ (test side of the trials)")
-    p.add_argument("--backend", required=True, choices=BACKENDS, help="scoring back-end (see above)")
+    p.add_argument("--backend", required=True, metavar="NAME", help="scoring back-end (listed above)")
     p.add_argument("--train-set", default=None,
                    help="training set (exp/<system>/embeddings/<train-set>/): mean for cosine_mean, "
                         "mean and cohort for asnorm")
-    p.add_argument("--utt2spk", default=None,
-                   help="utt2spk of the training set for the asnorm cohort when spk_xvector.scp is "
-                        "absent (default: data/<train-set>/utt2spk)")
     p.add_argument("--enroll-set", default=None,
                    help="set holding the enrollment side of the trials (default: the test set)")
     p.add_argument("--enroll-level", choices=("utt", "spk"), default="utt",
@@ -91,57 +88,95 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# --------------------------------------------------------------------------- helpers
 def default_trials_name(trials: Path, test_set: str) -> str:
     return test_set if trials.name == "trials" else f"{test_set}_{trials.stem}"
 
 
-def _load(scp: Path, what: str):
-    from pysv.backend import load_embeddings
+# --------------------------------------------------------------------------- inputs of the scorers
+def _input_files(name: str, args: argparse.Namespace, exp: Path) -> List[Path]:
+    """The files behind input ``name`` (a key of pysv.backend.INPUTS) for these options."""
+    from pysv.backend import BACKEND_FILES
+
+    if name == "train_mean":
+        if args.train_set:
+            return [exp / "embeddings" / args.train_set / "xvector.scp"]
+        if (exp / "backend" / "mean.vec").is_file():
+            return [exp / "backend" / "mean.vec"]
+        raise DataError(f"--backend {args.backend} needs --train-set or {exp / 'backend' / 'mean.vec'} (stage 4)")
+    if name == "cohort":
+        if not args.train_set:
+            raise DataError(f"--backend {args.backend} needs --train-set (its speakers are the cohort)")
+        return [exp / "embeddings" / args.train_set / "spk_xvector.scp"]
+    if name == "plda":
+        return [exp / "backend" / f for f in BACKEND_FILES]
+    raise ValueError(f"unknown scorer input '{name}'")
+
+
+def _load_input(name: str, files: List[Path], args: argparse.Namespace, dim: int) -> Any:
+    """Input ``name`` read from ``files``, checked against the embedding dimension ``dim``."""
+    from pysv.backend import PldaBackend, load_embeddings, read_kaldi_vector
+
+    if name == "train_mean":
+        f = files[0]
+        if f.suffix == ".scp":
+            mean = _load_vectors(f, "training embeddings")[1].mean(axis=0, dtype=np.float64)
+        else:
+            mean = read_kaldi_vector(f)
+        if mean.size != dim:
+            raise DataError(f"training mean has dimension {mean.size}, embeddings {dim}")
+        return mean
+    if name == "cohort":
+        if not files[0].is_file():
+            raise DataError(f"missing cohort: {files[0]} (stage 3 writes it with the embeddings of the training set)")
+        _, cohort = load_embeddings(files[0], what="cohort speaker embedding")
+        if cohort.shape[1] != dim:
+            raise DataError(f"cohort dimension {cohort.shape[1]} differs from the embeddings' {dim}")
+        return cohort
+    if name == "plda":
+        be = PldaBackend.load(files[0].parent, plda_length_norm=args.plda_length_norm,
+                              smoothing=args.plda_smoothing)
+        if be.mean.mean_.size != dim:
+            raise DataError(f"back-end in {files[0].parent} expects dimension {be.mean.mean_.size}, "
+                            f"embeddings have {dim}")
+        return be
+    raise ValueError(f"unknown scorer input '{name}'")
+
+
+def _signature(path: Path) -> Dict[str, Any]:
+    from pysv.backend import archive_signature
+    from pysv.utils.stage import file_signature
+
+    return archive_signature(path) if path.suffix == ".scp" else file_signature(path)
+
+
+def _load_vectors(scp: Path, what: str, crops: bool = False):
+    from pysv.backend import load_crops, load_embeddings
 
     if not scp.is_file():
-        raise DataError(f"missing {what}: {scp} (run stage 3, embedding extraction)")
-    return load_embeddings(scp, what=what)
+        raise DataError(f"missing {what}: {scp} (run stage 3, embedding extraction, for this set and protocol)")
+    return load_crops(scp) if crops else load_embeddings(scp, what=what)
 
 
-def _train_embeddings(exp: Path, train_set: Optional[str], why: str):
-    if not train_set:
-        raise DataError(f"--backend {why} needs --train-set (training embeddings)")
-    return _load(exp / "embeddings" / train_set / "xvector.scp", "training embeddings")
-
-
-def _index(keys: List[str]) -> Dict[str, int]:
-    return {k: i for i, k in enumerate(keys)}
-
-
-def _map_trials(trials, e_index, t_index, e_src: Path, t_src: Path, skip_missing: bool, trials_path: Path):
-    n = len(trials)
-    ei = np.fromiter((e_index.get(a, -1) for a, _, _ in trials), dtype=np.int64, count=n)
-    ti = np.fromiter((t_index.get(b, -1) for _, b, _ in trials), dtype=np.int64, count=n)
-    bad = (ei < 0) | (ti < 0)
-    nbad = int(bad.sum())
-    if nbad and not skip_missing:
-        missing = []
-        for k in np.flatnonzero(bad)[:5]:
-            a, b, _ = trials[k]
-            if ei[k] < 0:
-                missing.append(f"'{a}' (not in {e_src})")
-            if ti[k] < 0:
-                missing.append(f"'{b}' (not in {t_src})")
-        raise DataError(f"{trials_path}: {nbad} of {n} trials name utterances with no embedding, e.g. "
-                        + ", ".join(missing[:5]) + "; use --skip-missing to skip them")
-    return ei, ti, bad
-
-
-def _inputs_mtime(paths) -> float:
-    return max((Path(p).stat().st_mtime for p in paths if p and Path(p).exists()), default=0.0)
+def _missing_error(trials, bad, ei, ti, e_scp: Path, t_scp: Path, trials_path: Path) -> DataError:
+    missing = []
+    for k in np.flatnonzero(bad)[:5]:
+        a, b, _ = trials[k]
+        if ei[k] < 0:
+            missing.append(f"'{a}' (not in {e_scp})")
+        if ti[k] < 0:
+            missing.append(f"'{b}' (not in {t_scp})")
+    return DataError(f"{trials_path}: {int(bad.sum())} of {len(trials)} trials name utterances with no "
+                     "embedding, e.g. " + ", ".join(missing[:5]) + "; use --skip-missing to skip them")
 
 
 # --------------------------------------------------------------------------- main logic
 def run(args: argparse.Namespace) -> int:
+    from pysv.backend import SCORERS, ScoringOptions, TrialSides, index_trials, read_num_utts
     from pysv.metrics import compute_metrics, plot_det
+    from pysv.utils import stage
 
     t_start = time.time()
+    scorer = SCORERS[args.backend]
     exp = Path(args.exp)
     if not exp.is_dir():
         raise DataError(f"missing experiment directory: {exp}")
@@ -151,32 +186,37 @@ def run(args: argparse.Namespace) -> int:
     score_path = out_dir / f"{name}_{args.backend}"
     metrics_path = out_dir / f"{name}_{args.backend}.metrics"
     det_path = out_dir / f"{name}_{args.backend}_det.png"
+    marker = out_dir / f".done_{name}_{args.backend}"
     enroll_set = args.enroll_set or args.test_set
     emb = exp / "embeddings"
-    test_file = PROTOCOL_FILES.get(args.backend, "xvector.scp")
-    t_scp = emb / args.test_set / test_file
+    t_scp = emb / args.test_set / f"{scorer.archive}.scp"
+    num_utts_path = None
     if args.enroll_level == "spk":
-        if args.backend in PROTOCOL_FILES:
+        if scorer.archive != "xvector":
             raise DataError(f"--backend {args.backend} needs utterance-level enrollment (--enroll-level utt)")
         e_scp = emb / enroll_set / "spk_xvector.scp"
+        if scorer.uses_num_enroll:
+            num_utts_path = emb / enroll_set / "num_utts.ark"
     else:
-        e_scp = emb / enroll_set / test_file
+        e_scp = emb / enroll_set / t_scp.name
+    input_files = {n: _input_files(n, args, exp) for n in scorer.reads}
 
     config = {k: v for k, v in sorted(vars(args).items()) if k not in ("force", "no_plot")}
-    inputs = [trials_path, t_scp, e_scp, t_scp.parent / f".done_{t_scp.stem}"]
-    if args.backend == "plda":
-        inputs += [exp / "backend" / f for f in ("mean.vec", "transform.mat", "plda")]
-    if args.train_set:
-        inputs += [emb / args.train_set / "xvector.scp", emb / args.train_set / "spk_xvector.scp"]
-    if not args.force and metrics_path.is_file() and score_path.is_file():
-        try:
-            prev = json.loads(metrics_path.read_text())
-        except ValueError:
-            prev = {}
-        if prev.get("config") == config and metrics_path.stat().st_mtime >= _inputs_mtime(inputs):
+    fingerprint = {
+        "options": config,
+        "trials": stage.file_signature(trials_path),
+        "test": _signature(t_scp),
+        "enroll": None if e_scp == t_scp else _signature(e_scp),
+        "num_utts": None if num_utts_path is None else stage.file_signature(num_utts_path),
+        "inputs": {n: [_signature(f) for f in files] for n, files in input_files.items()},
+    }
+    if not args.force:
+        reason = stage.check(marker, fingerprint)
+        if reason is None:
             print(f"{score_path} is complete; skipping (use --force to re-score)")
-            _print_summary(prev)
+            _print_summary(json.loads(metrics_path.read_text()))
             return 0
+        log.info("scoring %s: %s", score_path, reason)
 
     # ---- trials
     trials = read_trials(trials_path)
@@ -190,47 +230,31 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"{trials_path}: no nontarget trials (every trial is target); EER/minDCF "
                         "need both target and nontarget trials")
 
-    # ---- embeddings
-    if args.backend == "crops":
-        from pysv.backend import load_crops
-
-        if not t_scp.is_file():
-            raise DataError(f"missing crop embeddings: {t_scp} (run stage 3 in crop mode)")
-        t_keys, T = load_crops(t_scp)
-        if e_scp == t_scp:
-            e_keys, E = t_keys, T
-        else:
-            if not e_scp.is_file():
-                raise DataError(f"missing crop embeddings: {e_scp}")
-            e_keys, E = load_crops(e_scp)
+    # ---- both sides of the trials
+    t_keys, T = _load_vectors(t_scp, "test embeddings", scorer.crops)
+    if e_scp == t_scp:
+        e_keys, E = t_keys, T
     else:
-        t_keys, T = _load(t_scp, "test embeddings")
-        if e_scp == t_scp:
-            e_keys, E = t_keys, T
-        else:
-            e_keys, E = _load(e_scp, "enrollment embeddings")
-        if E.shape[1] != T.shape[1]:
-            raise DataError(f"enrollment ({e_scp}) and test ({t_scp}) embeddings differ in dimension: "
-                            f"{E.shape[1]} vs {T.shape[1]}")
+        e_keys, E = _load_vectors(e_scp, "enrollment embeddings", scorer.crops)
+    if E.shape[1:] != T.shape[1:]:
+        raise DataError(f"enrollment ({e_scp}) and test ({t_scp}) embeddings differ in dimension: "
+                        f"{E.shape[1:]} vs {T.shape[1:]}")
     num_enroll = None
-    if args.enroll_level == "spk":
-        from pysv.backend import read_num_utts
+    if num_utts_path is not None:
+        if not num_utts_path.is_file():
+            raise DataError(f"missing {num_utts_path} (utterance counts of the speaker models, needed by PLDA)")
+        counts = read_num_utts(num_utts_path)
+        absent = [k for k in e_keys if k not in counts]
+        if absent:
+            raise DataError(f"{num_utts_path}: no utterance count for speaker '{absent[0]}'")
+        num_enroll = np.array([counts[k] for k in e_keys], dtype=np.float64)
 
-        nu_path = emb / enroll_set / "num_utts.ark"
-        if args.backend == "plda":
-            if not nu_path.is_file():
-                raise DataError(f"missing {nu_path} (utterance counts of the speaker models, needed by PLDA)")
-            counts = read_num_utts(nu_path)
-            absent = [k for k in e_keys if k not in counts]
-            if absent:
-                raise DataError(f"{nu_path}: no utterance count for speaker '{absent[0]}'")
-            num_enroll = np.array([counts[k] for k in e_keys], dtype=np.float64)
-
-    e_index = _index(e_keys)
-    t_index = e_index if t_keys is e_keys else _index(t_keys)
-    ei, ti, bad = _map_trials(trials, e_index, t_index, e_scp, t_scp, args.skip_missing, trials_path)
+    ei, ti, bad = index_trials(trials, e_keys, t_keys)
     n_skipped = int(bad.sum())
+    labels, kept_trials = labels_all, trials
     if n_skipped:
+        if not args.skip_missing:
+            raise _missing_error(trials, bad, ei, ti, e_scp, t_scp, trials_path)
         keep = ~bad
         ei, ti, labels = ei[keep], ti[keep], labels_all[keep]
         kept_trials = [tr for tr, b in zip(trials, bad) if not b]
@@ -238,89 +262,28 @@ def run(args: argparse.Namespace) -> int:
         log.warning("skipped %d of %d trials naming utterances with no embedding", n_skipped, len(trials))
         if ei.size == 0:
             raise DataError(f"{trials_path}: every trial was skipped (no embeddings for its utterances)")
-    else:
-        labels = labels_all
-        kept_trials = trials
-    E_arg = E
-    T_arg = E if T is E else T
+    sides = TrialSides(E, T, ei, ti, num_enroll)
+    inputs = {n: _load_input(n, files, args, E.shape[-1]) for n, files in input_files.items()}
+    options = ScoringOptions(plda_length_norm=args.plda_length_norm, plda_smoothing=args.plda_smoothing,
+                             crops_normalize=args.crops_normalize,
+                             asnorm_top_n=None if args.asnorm_top_n <= 0 else args.asnorm_top_n)
 
     # ---- scoring
-    from pysv.backend.kernels import preload
-
-    preload()
     t0 = time.time()
-    if args.backend in ("cosine", "tta"):
-        from pysv.backend import cosine_score_trials
-
-        scores = cosine_score_trials(E_arg, T_arg, ei, ti)
-    elif args.backend == "cosine_mean":
-        from pysv.backend import cosine_score_trials, read_kaldi_vector
-
-        if args.train_set:
-            _, Xtr = _train_embeddings(exp, args.train_set, "cosine_mean")
-            mean = Xtr.mean(axis=0, dtype=np.float64)
-        elif (exp / "backend" / "mean.vec").is_file():
-            mean = read_kaldi_vector(exp / "backend" / "mean.vec")
-        else:
-            raise DataError("--backend cosine_mean needs --train-set or "
-                            f"{exp / 'backend' / 'mean.vec'} (stage 4)")
-        if mean.size != E.shape[1]:
-            raise DataError(f"training mean has dimension {mean.size}, embeddings {E.shape[1]}")
-        t0 = time.time()
-        scores = cosine_score_trials(E_arg, T_arg, ei, ti, mean=mean)
-    elif args.backend == "plda":
-        from pysv.backend import PldaBackend
-
-        be = PldaBackend.load(exp / "backend", plda_length_norm=args.plda_length_norm,
-                              smoothing=args.plda_smoothing)
-        if be.mean.mean_.size != E.shape[1]:
-            raise DataError(f"back-end in {exp / 'backend'} expects dimension {be.mean.mean_.size}, "
-                            f"embeddings have {E.shape[1]}")
-        t0 = time.time()
-        scores = be.score_trials(E_arg, T_arg, ei, ti, num_enroll=num_enroll)
-    elif args.backend == "crops":
-        from pysv.backend import crop_distance_score_trials
-
-        scores = crop_distance_score_trials(E_arg, T_arg, ei, ti, normalize=args.crops_normalize)
-    elif args.backend == "asnorm":
-        from pysv.backend import asnorm_cosine_trials, load_embeddings
-
-        tr_keys, Xtr = _train_embeddings(exp, args.train_set, "asnorm")
-        mean = Xtr.mean(axis=0, dtype=np.float64)
-        spk_scp = emb / args.train_set / "spk_xvector.scp"
-        if spk_scp.is_file():
-            _, cohort = load_embeddings(spk_scp, what="cohort speaker embedding")
-        else:
-            u2s_path = Path(args.utt2spk) if args.utt2spk else Path("data") / args.train_set / "utt2spk"
-            if not u2s_path.is_file():
-                raise DataError(f"asnorm cohort: neither {spk_scp} nor {u2s_path} exists (give --utt2spk)")
-            u2s = read_table(u2s_path)
-            spk = np.array([u2s.get(k, "") for k in tr_keys])
-            ok = spk != ""
-            if not ok.any():
-                raise DataError(f"asnorm cohort: no training embedding has a speaker in {u2s_path}")
-            from pysv.backend.lda import class_stats
-
-            _, _, _, cohort = class_stats(Xtr if ok.all() else Xtr[ok], spk if ok.all() else spk[ok])
-        if cohort.shape[1] != E.shape[1]:
-            raise DataError(f"cohort dimension {cohort.shape[1]} differs from the embeddings' {E.shape[1]}")
-        top_n = None if args.asnorm_top_n <= 0 else args.asnorm_top_n
-        t0 = time.time()
-        scores = asnorm_cosine_trials(E_arg, T_arg, ei, ti, cohort, top_n=top_n, mean=mean)
-    else:  # pragma: no cover - argparse restricts choices
-        raise DataError(f"unknown back-end {args.backend}")
+    scores = scorer.score(sides, inputs, options)
     t_score = time.time() - t0
 
     # ---- outputs
+    marker.unlink(missing_ok=True)
     with atomic_write(score_path, encoding="utf-8") as f:
         f.write("".join(f"{a} {b} {s:.6f}\n" for (a, b, _), s in zip(kept_trials, scores.tolist())))
     t1 = time.time()
     m = compute_metrics(scores, labels, p_targets=args.p_target)
     t_metrics = time.time() - t1
-    from pysv.utils import stage
     embedded = stage.info(t_scp.parent / f".done_{t_scp.stem}")
     result = {
-        "system": exp.name, "backend": args.backend, "model_epochs": embedded.get("model_epochs"), "trials": str(trials_path), "trials_name": name,
+        "system": exp.name, "backend": args.backend, "model_epochs": embedded.get("model_epochs"),
+        "trials": str(trials_path), "trials_name": name,
         "test_set": args.test_set, "enroll_set": enroll_set, "num_trials": int(labels.size),
         "num_skipped": n_skipped, **m, "score_file": str(score_path),
         "det_plot": None if args.no_plot else str(det_path),
@@ -332,6 +295,7 @@ def run(args: argparse.Namespace) -> int:
     with atomic_write(metrics_path, encoding="utf-8") as f:
         json.dump(result, f, indent=2, sort_keys=False)
         f.write("\n")
+    stage.write(marker, fingerprint, outputs=[score_path, metrics_path] + ([] if args.no_plot else [det_path]))
     _print_summary(result)
     log.info("scored %d trials in %.3f s (metrics %.3f s, total %.1f s)", labels.size, t_score, t_metrics,
              time.time() - t_start)
@@ -348,7 +312,12 @@ def _print_summary(r: dict) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     from pysv.utils.logging import setup_logging
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from pysv.backend import SCORERS  # after parsing: --help stays fast
+
+    if args.backend not in SCORERS:
+        parser.error(f"argument --backend: invalid choice: '{args.backend}' (choose from {', '.join(SCORERS)})")
     setup_logging()
     return run_cli(run, args, "score.py", log)
 

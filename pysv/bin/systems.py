@@ -1,6 +1,7 @@
 """Recipe helper: expand system names and read values from their configs (used by run.sh).
 
-    python -m pysv.bin.systems list default|all|<name> ...     # system names, one per line
+    python -m pysv.bin.systems list default|paper|all|<name> ...   # system names, one per line
+                                                               # (list names: conf/systems.yaml)
     python -m pysv.bin.systems get <system> data.feature       # a config value ('' for null)
     python -m pysv.bin.systems get exp/<system>/config.yaml extract.mode   # ... of a run's resolved config
 """
@@ -10,30 +11,27 @@ import argparse
 import sys
 from pathlib import Path
 
-DEFAULT_SYSTEMS = ["thin_resnet34_angleproto", "thin_resnet34_mmp_balance"]
-# the systems the real-speech results table reports (issue: results on real speech)
-PAPER_SYSTEMS = ["thin_resnet34_angleproto", "thin_resnet34_mp_balance", "thin_resnet34_mmp_balance",
-                 "saep_amsoftmax", "xvector_softmax", "mla_resnet34_mla_sap_fr_dln_softmax",
-                 "rawnet2_mul_add_softmax"]
-
 
 def expand(names, conf_dir="conf"):
-    from pysv.train.config import list_systems
+    from pysv.train.config import list_systems, system_lists
     available = list_systems(conf_dir)
+    lists = system_lists(conf_dir)
     out = []
     for n in names:
         for part in n.replace(",", " ").split():
-            if part == "default":
-                out += DEFAULT_SYSTEMS
-            elif part == "paper":
-                out += PAPER_SYSTEMS
+            if part in lists:
+                unknown = [x for x in lists[part] if x not in available]
+                if unknown:
+                    raise SystemExit(f"{conf_dir}/systems.yaml: list '{part}' names {', '.join(unknown)}, "
+                                     f"which have no {conf_dir}/<system>.yaml")
+                out += lists[part]
             elif part == "all":
                 out += available
             elif part in available:
                 out.append(part)
             else:
                 raise SystemExit(f"unknown system '{part}': no {conf_dir}/{part}.yaml "
-                                 f"(available: default, paper, all, {', '.join(available)})")
+                                 f"(available: {', '.join(lists)}, all, {', '.join(available)})")
     seen = set()
     return [s for s in out if not (s in seen or seen.add(s))]
 
@@ -53,7 +51,7 @@ def main(argv=None):
         return 0
     from pysv.train.config import load_config
     path = Path(args.system) if args.system.endswith(".yaml") else Path(args.conf_dir) / f"{args.system}.yaml"
-    cfg = load_config(str(path))
+    cfg = load_config(str(path), check_choices=False)
     node = cfg
     for k in args.key.split("."):
         node = node[k]

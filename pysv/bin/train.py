@@ -112,10 +112,10 @@ def previous_run_decision(exp: Path, cfg: dict, resume: bool):
     """What to do with an existing run in ``exp``: ``None`` = train (new run, continuation, or
     more epochs), else ``(exit code, message)`` (skip a complete run, refuse a changed config)."""
     from pysv.train.config import load_config
-    from pysv.utils.io import is_complete
+    from pysv.utils import stage
 
     saved = exp / "config.yaml"
-    done = is_complete(exp / ".done")
+    done = stage.outputs_intact(exp / ".done") is None
     if not saved.is_file():
         return (0, f"{exp} is complete (.done exists); skipping. Use --overwrite to retrain.") if done else None
     old = load_config(str(saved))

@@ -12,6 +12,7 @@ zero-padded, so a short utterance never contributes silence the model could key 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 __all__ = [
     "random_crop",
@@ -35,7 +36,7 @@ def random_crop(length_total: int, crop_len: int, rng: np.random.Generator) -> i
     """Start of a uniformly random crop: an integer in ``[0, length_total - crop_len]`` (inclusive).
 
     Returns 0 when the utterance is not longer than the crop (it is then wrap-repeated,
-    see :func:`crop_or_wrap`). # seed 000 §4.3: fixed-length random segments during training
+    see :func:`crop_or_wrap`). # MP-2021 §4.3: fixed-length random segments during training
     """
     _check(length_total, crop_len)
     slack = int(length_total) - int(crop_len)
@@ -73,7 +74,6 @@ def crop_or_wrap(x, start: int, crop_len: int, axis: int = 0):
     idx = crop_indices(n, start, crop_len)
     if isinstance(x, np.ndarray):
         return np.take(x, idx, axis=axis)
-    import torch
 
     return torch.index_select(x, axis, torch.from_numpy(idx).to(x.device))
 
@@ -89,7 +89,6 @@ def gather_crops(x, starts, crop_len: int, axis: int = 0):
     idx = crop_indices(x.shape[0], np.asarray(starts, dtype=np.int64).reshape(-1), crop_len)
     if isinstance(x, np.ndarray):
         return x[idx]
-    import torch
 
     return x[torch.from_numpy(idx).to(x.device)]
 
@@ -97,7 +96,7 @@ def gather_crops(x, starts, crop_len: int, axis: int = 0):
 def even_crops(length_total: int, crop_len: int, n: int = 10) -> np.ndarray:
     """``n`` evenly spaced crop starts covering the whole utterance (first at 0, last at the tail).
 
-    # seed 000 §4.2: 10 crops "cover the full utterance" (voxceleb_trainer ``loadWAV(evalmode=True)``:
+    # MP-2021 §4.2: 10 crops "cover the full utterance" (voxceleb_trainer ``loadWAV(evalmode=True)``:
     # ``linspace(0, len - crop, num=10)`` truncated to int). Short utterances: ``n`` zeros (each crop
     # is the wrap-repeated utterance, so all ``n`` are identical, as in voxceleb_trainer).
     """
@@ -113,7 +112,7 @@ def even_crops(length_total: int, crop_len: int, n: int = 10) -> np.ndarray:
 def sliding_crops(length_total: int, crop_len: int, overlap: float = 0.2) -> np.ndarray:
     """Starts of crops of ``crop_len`` with a fractional ``overlap``, the last one ending at the tail.
 
-    # seed 004 §4 (RawNet2 test-time augmentation): crops of the training duration with 20 % overlap,
+    # RawNet2 §4 (RawNet2 test-time augmentation): crops of the training duration with 20 % overlap,
     # embeddings averaged. Hop = ``crop_len - round(overlap * crop_len)``; starts are
     # ``0, hop, 2 hop, ...`` below ``length_total - crop_len``, plus ``length_total - crop_len`` so the
     # tail is always covered (no duplicate crop when the grid already ends there). A short

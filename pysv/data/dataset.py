@@ -141,13 +141,6 @@ class SpeakerIndex:
     def __len__(self) -> int:
         return len(self.utts)
 
-    def label2indices(self) -> List[np.ndarray]:
-        """For each label, the (sorted) indices of its utterances."""
-        labels = np.asarray(self.labels)
-        order = np.argsort(labels, kind="stable")
-        bounds = np.searchsorted(labels[order], np.arange(self.num_classes + 1))
-        return [order[bounds[i]:bounds[i + 1]] for i in range(self.num_classes)]
-
     def __repr__(self) -> str:
         return (f"SpeakerIndex({str(self.data_dir)!r}, source={self.source}, utts={len(self.utts)}, "
                 f"speakers={len(set(self.spks))}, num_classes={self.num_classes})")
@@ -254,13 +247,15 @@ _HDR = struct.Struct("<xixi")  # b"\x04" int32 rows b"\x04" int32 cols
 
 
 class FeatureCropDataset(_CropDatasetBase):
-    """Random ``crop_frames`` crops of the features in ``data_dir/feats.scp``: item = (``[crop_frames, D]`` float32, label).
+    """Random ``crop_frames`` crops of the features in ``data_dir/feats.scp``.
+
+    An item is (``[crop_frames, D]`` float32, label).
 
     Uncompressed float32/float64 matrices are read partially (only the crop's rows) through cached
     file handles; other entries (compressed, row ranges) go through ``kaldiio.load_mat``. Utterances
     shorter than the crop are wrap-repeated (see :mod:`pysv.data.crops`).
     ``spec_augment``: a callable ``(tensor [T, D], rng) -> tensor`` such as
-    :class:`pysv.data.augment.SpecAugment`, applied to every crop.
+    :class:`pysv.data.spec_augment.SpecAugment`, applied to every crop.
     """
 
     def __init__(self, data_dir: Union[PathLike, SpeakerIndex], crop_frames: int,
@@ -344,7 +339,7 @@ class WaveformCropDataset(_CropDatasetBase):
 
     Audio is read partially with soundfile (seek + read of the crop only; first channel, float32 in
     [-1, 1]); shorter files are wrap-repeated. ``augment``: ``(samples, rng, spk=...) -> samples``
-    (a :class:`pysv.data.augment.WaveformAugmentor`). ``feature_extractor``: ``(samples, sr) ->
+    (a :class:`pysv.data.waveform_augment.WaveformAugmentor`). ``feature_extractor``: ``(samples, sr) ->
     [frames, dim]`` (e.g. ``pysv.features.build("fbank40")``), applied after augmentation; the item
     is then ``[frames, dim]`` and ``spec_augment`` applies to it; an extractor whose call takes
     ``seed=`` (``pysv.features``) gets one from the item's stream, so dithered features are

@@ -6,11 +6,11 @@ labels of the dataset (``labels[i]`` = speaker of item ``i``; any hashable: ids 
 
 * :class:`BalancedBatchSampler` (kind ``balanced``): every batch holds exactly ``utts_per_spk``
   (M) utterances of each of ``batch_size / M`` distinct speakers (prototypical, angular
-  prototypical, GE2E, triplet, MP-Balance / MMP-Balance of seeds 000/002).
+  prototypical, GE2E, triplet, MP-Balance / MMP-Balance of MP-2021 / MP-2020).
 * :class:`MPRandomBatchSampler` (kind ``mp_random``): every batch holds ``K`` distinct speakers;
   each speaker gets M drawn at random from ``utts_choices`` (default {2, 3}) and ``K =
   round(batch_size / mean(utts_choices))`` so the *expected* batch size is ``batch_size``
-  (seed 000 footnote 1: expected 800 -> 320 speakers).
+  (MP-2021 footnote 1: expected 800 -> 320 speakers).
 * :class:`ShuffleBatchSampler` (kind ``shuffle``): plain shuffling (classification and proxy losses).
 
 Common behaviour:
@@ -40,22 +40,22 @@ Common behaviour:
 """
 from __future__ import annotations
 
-import inspect
 import warnings
 from typing import Dict, Hashable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from pysv.utils.registry import Registry
+
 SHORT_SPEAKER_POLICIES = ("replace", "skip")
-SAMPLER_KINDS = ("balanced", "mp_random", "shuffle")
+SAMPLERS = Registry("sampler kind", __name__, skip=("labels", "batch_size"))
 
 
 def _dist_world(num_replicas: Optional[int], rank: Optional[int]) -> Tuple[int, int]:
     """``(num_replicas, rank)``; ``None`` means "ask torch.distributed" (1 / 0 without a group)."""
     if num_replicas is None or rank is None:
-        import torch.distributed as dist
-
         initialised = dist.is_available() and dist.is_initialized()
         if num_replicas is None:
             num_replicas = dist.get_world_size() if initialised else 1
@@ -317,6 +317,7 @@ class _GroupBatchSampler(_SpeakerBatchSampler):
         return len(self._plan()) // self.num_replicas
 
 
+@SAMPLERS.register("balanced")
 class BalancedBatchSampler(_GroupBatchSampler):
     """Exactly ``utts_per_spk`` utterances of each of ``batch_size // utts_per_spk`` distinct
     speakers per batch (``batch_size`` must be a multiple of ``utts_per_spk``)."""
@@ -352,6 +353,7 @@ class BalancedBatchSampler(_GroupBatchSampler):
         )
 
 
+@SAMPLERS.register("mp_random")
 class MPRandomBatchSampler(_GroupBatchSampler):
     """``spks_per_batch`` distinct speakers per batch, each with M utterances drawn from
     ``utts_choices`` (default {2, 3}). ``batch_size`` is the *expected* batch size: unless
@@ -388,6 +390,7 @@ class MPRandomBatchSampler(_GroupBatchSampler):
         )
 
 
+@SAMPLERS.register("shuffle")
 class ShuffleBatchSampler(_SpeakerBatchSampler):
     """Plain shuffling: a random permutation of the (capped) utterances cut into batches.
 
@@ -446,28 +449,11 @@ class ShuffleBatchSampler(_SpeakerBatchSampler):
         return -(-per_rank // self.batch_size)
 
 
-_KINDS = {
-    "balanced": BalancedBatchSampler,
-    "mp_random": MPRandomBatchSampler,
-    "shuffle": ShuffleBatchSampler,
-}
-
-
 def build_sampler(kind: str, labels: Sequence[Hashable], batch_size: int, **kw) -> Sampler:
     """Build a batch sampler of ``kind`` (``balanced``, ``mp_random``, ``shuffle``) over the
     per-utterance speaker ``labels``; ``kw`` are the keyword arguments of that class (unknown ones
     raise ``TypeError`` naming the key)."""
-    if kind not in _KINDS:
-        raise ValueError(f"unknown sampler kind {kind!r}; choose one of {', '.join(SAMPLER_KINDS)}")
-    cls = _KINDS[kind]
-    allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "labels", "batch_size")]
-    unknown = [k for k in kw if k not in allowed]
-    if unknown:
-        raise TypeError(
-            f"sampler {kind!r} got unknown option(s) {', '.join(repr(k) for k in unknown)}; "
-            f"it accepts: {', '.join(allowed)}"
-        )
-    return cls(labels, batch_size, **kw)
+    return SAMPLERS.build(kind, labels, batch_size, **kw)
 
 
 __all__ = [
@@ -475,6 +461,6 @@ __all__ = [
     "MPRandomBatchSampler",
     "ShuffleBatchSampler",
     "build_sampler",
-    "SAMPLER_KINDS",
+    "SAMPLERS",
     "SHORT_SPEAKER_POLICIES",
 ]

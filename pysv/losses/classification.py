@@ -12,13 +12,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pysv.losses import register
 from .common import EPS, LossBase, SamplingRequirements, cosine_matrix, top1_accuracy
 
 
+@register("softmax")
 class Softmax(LossBase):
-    """Linear layer with bias + cross-entropy (seed 001 SAEP / x-vector softmax)."""
+    """Linear layer with bias + cross-entropy (SAEP SAEP / x-vector softmax)."""
 
-    loss_name = "softmax"
     requirements = SamplingRequirements(1, False)
     owns_class_vectors = True
 
@@ -68,13 +69,13 @@ class _MarginSoftmax(LossBase):
         return f"{super().extra_repr()}, scale={self.scale}, margin={self.margin}"
 
 
+@register("amsoftmax", aliases=("cosface", "am_softmax"))
 class AMSoftmax(_MarginSoftmax):
     """Additive margin softmax / CosFace: target logit ``s * (cos(theta) - m)``.
 
-    Paper settings: s=30, m=0.4 (seed 001, SAEP); CosFace s=30, m=0.2 (seed 002 Table 2).
+    Paper settings: s=30, m=0.4 (SAEP); CosFace s=30, m=0.2 (MP-2020 Table 2).
     """
 
-    loss_name = "amsoftmax"
 
     def __init__(self, embed_dim: int, num_classes: int, scale: float = 30.0, margin: float = 0.4):
         super().__init__(embed_dim, num_classes, scale, margin)
@@ -83,16 +84,16 @@ class AMSoftmax(_MarginSoftmax):
         return cos_t - self.margin
 
 
+@register("aamsoftmax", aliases=("arcface", "aam_softmax"))
 class AAMSoftmax(_MarginSoftmax):
     """Additive angular margin softmax / ArcFace: target logit ``s * cos(theta + m)``.
 
     When ``theta + m > pi`` (cos(theta+m) would stop being monotonic in theta) the target logit
     falls back to ``cos(theta) - sin(pi - m) * m`` (insightface's ``th``/``mm`` trick); with
     ``easy_margin`` the margin is applied only where ``cos(theta) > 0``.
-    Paper setting: s=30, m=0.2 (seed 002 Table 2).
+    Paper setting: s=30, m=0.2 (MP-2020 Table 2).
     """
 
-    loss_name = "aamsoftmax"
 
     def __init__(
         self,

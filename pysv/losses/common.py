@@ -109,7 +109,7 @@ class QueryCentroids(NamedTuple):
 
 
 def query_and_centroids(x: torch.Tensor, split: ClassSplit) -> QueryCentroids:
-    """Queries (first occurrence) and centroids without the query (seed 002 eq. (4)).
+    """Queries (first occurrence) and centroids without the query (MP-2020 eq. (4)).
 
     ``split.counts`` must be >= 2 everywhere (checked by :class:`LossBase`).
     """
@@ -191,8 +191,11 @@ class LossBase(nn.Module):
     """Base class: validates inputs, checks the batch against :attr:`requirements`, runs
     :meth:`compute` in float32 (or float64) with autocast disabled, stores ``last_accuracy``."""
 
+    #: the registered name (set by ``@pysv.losses.register``), used in messages
     loss_name: str = "base"
     requirements: SamplingRequirements = SamplingRequirements(1, False)
+    #: ``(kind, kwargs)`` of the :mod:`pysv.data.samplers` sampler the loss's paper trained with
+    recommended_sampler: Tuple[str, dict] = ("shuffle", {})
     #: the loss owns one vector per class (``weight``) and needs ``num_classes``
     owns_class_vectors: bool = False
 

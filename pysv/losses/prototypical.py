@@ -1,4 +1,4 @@
-"""Prototypical, angular prototypical and GE2E losses (the in-batch baselines of seeds 000/002,
+"""Prototypical, angular prototypical and GE2E losses (the in-batch baselines of MP-2021 / MP-2020,
 Table 2, after [3] Chung et al. "In defence of metric learning").
 
 Query of a class = its first occurrence in batch order; centroid = mean of the class's other
@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pysv.losses import register
 from .common import (
     LossBase,
     SamplingRequirements,
@@ -26,10 +27,11 @@ from .common import (
 )
 
 
+@register("proto", aliases=("prototypical",))
 class Prototypical(LossBase):
     """Softmax over negative squared Euclidean distances query -> centroids (raw embeddings)."""
 
-    loss_name = "proto"
+    recommended_sampler = ("balanced", {"utts_per_spk": 2})  # the sampler its paper trained with
     requirements = SamplingRequirements(2, True)
 
     def __init__(self, embed_dim: int, num_classes=None):
@@ -56,11 +58,12 @@ class _LearnableScale(LossBase):
         return scale_param(self.w.to(sim.dtype)) * sim + self.b.to(sim.dtype)
 
 
+@register("angleproto", aliases=("angular_prototypical",))
 class AngularPrototypical(_LearnableScale):
     """Softmax over ``w * cos(query, centroid) + b`` (Chung et al.; centroids of raw embeddings,
     as voxceleb_trainer's ``angleproto``)."""
 
-    loss_name = "angleproto"
+    recommended_sampler = ("balanced", {"utts_per_spk": 2})  # the sampler its paper trained with
     requirements = SamplingRequirements(2, True)
 
     def __init__(self, embed_dim: int, num_classes=None, init_w: float = 10.0, init_b: float = -5.0):
@@ -73,6 +76,7 @@ class AngularPrototypical(_LearnableScale):
         return F.cross_entropy(logits, target), top1_accuracy(logits, target)
 
 
+@register("ge2e")
 class GE2E(_LearnableScale):
     """Generalised end-to-end loss, softmax variant (Wan et al. 2018).
 
@@ -86,7 +90,7 @@ class GE2E(_LearnableScale):
     (voxceleb_trainer clamps at 1e-6; None = no floor, Wan et al.).
     """
 
-    loss_name = "ge2e"
+    recommended_sampler = ("balanced", {"utts_per_spk": 3})  # the sampler its paper trained with
     requirements = SamplingRequirements(2, True)
 
     def __init__(self, embed_dim: int, num_classes=None, init_w: float = 10.0, init_b: float = -5.0,

@@ -1,4 +1,4 @@
-"""Proxy-based losses: Proxy-NCA and Proxy-Anchor (seed 000 eqs. (1)-(2), seed 002 eqs. (2)-(3)).
+"""Proxy-based losses: Proxy-NCA and Proxy-Anchor (MP-2021 eqs. (1)-(2), MP-2020 eqs. (2)-(3)).
 
 One learnable proxy per class in ``weight`` ``[num_classes, D]``. Embeddings and proxies are
 L2-normalised inside ``forward`` (so both losses are invariant to rescaling the embeddings).
@@ -10,11 +10,13 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from pysv.losses import register
 from .common import EPS, LossBase, SamplingRequirements, cosine_matrix, log1p_sum_exp, top1_accuracy
 
 
+@register("proxy_nca", aliases=("proxynca",))
 class ProxyNCA(LossBase):
-    """Proxy-NCA (Movshovitz-Attias et al. 2017), seed 002 eq. (2)::
+    """Proxy-NCA (Movshovitz-Attias et al. 2017), MP-2020 eq. (2)::
 
         L = -1/N sum_i log( exp(-d(x_i, p_{y_i})) / sum_{k != y_i} exp(-d(x_i, p_k)) )
 
@@ -33,7 +35,6 @@ class ProxyNCA(LossBase):
     squared=True, label_smoothing=0.1``.
     """
 
-    loss_name = "proxy_nca"
     requirements = SamplingRequirements(1, False)
     owns_class_vectors = True
 
@@ -55,7 +56,7 @@ class ProxyNCA(LossBase):
         d2 = 1.0 + s * s - 2.0 * s * cos  # ||x - s p||^2 for unit x, p
         dist = d2.clamp(min=0.0) if self.squared else d2.clamp(min=EPS).sqrt()
         logits = -dist
-        if self.label_smoothing is None:  # seed 002 eq. (2): own proxy only in the numerator
+        if self.label_smoothing is None:  # MP-2020 eq. (2): own proxy only in the numerator
             pos = logits.gather(1, labels.unsqueeze(1)).squeeze(1)
             own = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, labels.unsqueeze(1), True)
             neg_lse = torch.logsumexp(logits.masked_fill(own, float("-inf")), dim=1)
@@ -72,18 +73,18 @@ class ProxyNCA(LossBase):
                 f"label_smoothing={self.label_smoothing}")
 
 
+@register("proxy_anchor", aliases=("proxyanchor",))
 class ProxyAnchor(LossBase):
-    """Proxy-Anchor (Kim et al. 2020), seed 002 eq. (3) / seed 000 eq. (2)::
+    """Proxy-Anchor (Kim et al. 2020), MP-2020 eq. (3) / MP-2021 eq. (2)::
 
         L = 1/|P+| sum_{p in P+} log(1 + sum_{x in X_p+} exp(-a (s(x,p) - d)))
           + 1/|P|  sum_{p in P}  log(1 + sum_{x in X_p-} exp( a (s(x,p) + d)))
 
     ``s`` cosine similarity, ``a = scale``, ``d = margin`` (paper: scale=50, margin=0.15). P+ are the
     proxies of the classes present in the batch; the negative term is averaged over *all* proxies
-    (seed 000 eq. (2) and the original paper; seed 002 eq. (3) writes ``|P_-|``, a typo).
+    (MP-2021 eq. (2) and the original paper; MP-2020 eq. (3) writes ``|P_-|``, a typo).
     """
 
-    loss_name = "proxy_anchor"
     requirements = SamplingRequirements(1, False)
     owns_class_vectors = True
 

@@ -1,4 +1,4 @@
-"""Triplet loss with in-batch negative mining (seed 000/002 Table 2: m=0.1, after [3] Chung et al.).
+"""Triplet loss with in-batch negative mining (MP-2021 / MP-2020 Table 2: m=0.1, after [3] Chung et al.).
 
 Per class in the batch: anchor = first occurrence, positive = second occurrence. Embeddings are
 L2-normalised and ``d`` is the squared Euclidean distance; loss = mean over anchors of
@@ -28,14 +28,16 @@ from __future__ import annotations
 
 import torch
 
+from pysv.losses import register
 from .common import LossBase, SamplingRequirements, l2_normalize, second_occurrence, squared_distance_matrix
 
 MINING = ("hardest", "semi_hard", "random")
 NEGATIVES = ("all", "positives")
 
 
+@register("triplet")
 class Triplet(LossBase):
-    loss_name = "triplet"
+    recommended_sampler = ("balanced", {"utts_per_spk": 2})  # the sampler its paper trained with
     requirements = SamplingRequirements(2, True)
 
     def __init__(self, embed_dim: int, num_classes=None, margin: float = 0.1, mining: str = "hardest",

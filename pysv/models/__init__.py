@@ -1,14 +1,20 @@
-"""Speaker-embedding encoders.
+"""Speaker-embedding encoders, one file per system; each registers itself by name.
 
     model = pysv.models.build(name, **hparams)
-    emb = model(x)                    # x: [batch, frames, feat_dim] ([batch, samples] for rawnet2)
+    emb = model(x)                    # x: [batch, frames, feat_dim] ([batch, samples] for waveform encoders)
     emb = model(x, lengths=lengths)   # padded batch; lengths = valid frames / samples per row
 
-Names (``MODEL_NAMES``): ``thin_resnet34`` (seeds 000/002), ``xvector`` and ``saep`` (seed 001),
-``mla_resnet34`` (seed 003), ``rawnet2`` (seed 004). Every module has ``embed_dim``,
-``input_kind`` ('features' | 'waveform'), ``feat_dim`` (None for rawnet2) and ``hparams`` (the
-resolved hyper-parameters, for recording in a run's config). Unknown hyper-parameters raise
-``TypeError`` naming the key; invalid values raise ``ValueError`` naming the key.
+Built in (see REFERENCES.md): ``thin_resnet34`` (MP/MMP), ``xvector`` and ``saep`` (SAEP),
+``mla_resnet34`` (MLA-SAP), ``rawnet2`` (RawNet2). :func:`names` lists what is registered.
+
+Adding an encoder is one file in this package holding a class decorated with
+``@pysv.models.register("name")``: modules here are imported automatically. The contract:
+``forward(x, lengths=None)``; attributes ``embed_dim``, ``input_kind`` ('features' | 'waveform') and
+``feat_dim`` (None for waveform encoders); hyper-parameters are the keyword arguments of
+``__init__`` (their defaults are what a run records when a config leaves them out). Optional class
+attributes: ``prefers_channels_last`` (2-D CNNs; the trainer converts the weights) and a method
+``post_embedding_parameters()`` (layers used only after the embedding, see :func:`count_parameters`).
+Unknown hyper-parameters raise ``TypeError`` naming the key; invalid values ``ValueError``.
 
 ``xvector`` and ``saep`` take their embedding from a hidden layer (x-vector: segment6 affine;
 SAEP: second-to-last dense layer), while the loss is trained on the layer above it. Their
@@ -23,69 +29,54 @@ gives the embedding of the unpadded utterance up to float rounding (tested to 1e
 """
 from __future__ import annotations
 
-import inspect
-from typing import Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch.nn as nn
 
-from .mla_resnet import MLAResNet34
-from .rawnet2 import RawNet2
-from .saep import SAEP
-from .thin_resnet import ThinResNet34
-from .xvector import XVector
+from pysv.utils.registry import Registry
 
-__all__ = ["MODEL_NAMES", "build", "input_kind", "default_feat_dim", "hparam_names", "count_parameters",
-           "ThinResNet34", "XVector", "SAEP", "MLAResNet34", "RawNet2"]
+ENCODERS = Registry("encoder", __name__)
+#: class decorator ``@register("name")`` of an encoder
+register = ENCODERS.register
 
-_REGISTRY: Dict[str, type] = {
-    "thin_resnet34": ThinResNet34,
-    "xvector": XVector,
-    "saep": SAEP,
-    "mla_resnet34": MLAResNet34,
-    "rawnet2": RawNet2,
-}
-MODEL_NAMES = tuple(_REGISTRY)
+__all__ = ["ENCODERS", "register", "build", "names", "input_kind", "default_feat_dim", "hparam_names",
+           "resolve_hparams", "count_parameters"]
 
-_DEFAULT_FEAT_DIM: Dict[str, Optional[int]] = {
-    "thin_resnet34": 40, "xvector": 30, "saep": 90, "mla_resnet34": 64, "rawnet2": None}
+_LIST_HPARAMS = ("channels", "layers", "filters", "blocks")
 
 
-def _cls(name: str) -> type:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
-    return _REGISTRY[name]
+def names() -> Tuple[str, ...]:
+    """The registered encoder names."""
+    return ENCODERS.names()
 
 
 def input_kind(name: str) -> str:
     """'features' (``[batch, frames, feat_dim]``) or 'waveform' (``[batch, samples]``)."""
-    return _cls(name).input_kind
+    return ENCODERS.get(name).input_kind
 
 
 def default_feat_dim(name: str) -> Optional[int]:
-    """Feature dim an encoder expects by default (None for waveform encoders)."""
-    _cls(name)
-    return _DEFAULT_FEAT_DIM[name]
+    """Feature dim an encoder expects by default: its ``feat_dim`` default (None for waveform encoders)."""
+    return ENCODERS.default_hparams(name).get("feat_dim")
 
 
-def hparam_names(name: str) -> tuple:
+def hparam_names(name: str) -> Tuple[str, ...]:
     """Hyper-parameters ``build(name, ...)`` accepts."""
-    return tuple(p for p in inspect.signature(_cls(name).__init__).parameters if p != "self")
+    return ENCODERS.hparam_names(name)
+
+
+def resolve_hparams(name: str, hparams: Dict[str, Any]) -> Dict[str, Any]:
+    """Every hyper-parameter of encoder ``name`` (given values over the defaults), as recorded in a run."""
+    return ENCODERS.resolve_hparams(name, hparams)
 
 
 def build(name: str, **hparams) -> nn.Module:
     """Build encoder ``name`` with ``hparams`` (all optional; defaults follow the papers)."""
-    cls = _cls(name)
-    allowed = hparam_names(name)
-    unknown = sorted(set(hparams) - set(allowed))
-    if unknown:
-        raise TypeError(f"unknown hyper-parameter(s) {', '.join(map(repr, unknown))} for model "
-                        f"{name!r}; accepted: {', '.join(allowed)}")
-    for k in ("channels", "layers", "filters", "blocks"):
+    ENCODERS.check_hparams(name, hparams)
+    for k in _LIST_HPARAMS:
         if k in hparams and isinstance(hparams[k], (str, int)):
             raise ValueError(f"hyper-parameter {k!r} of {name!r} must be a list, got {hparams[k]!r}")
-    model = cls(**hparams)
-    model.model_name = name
-    return model
+    return ENCODERS.build(name, **hparams)
 
 
 def _post_embedding(model: nn.Module) -> Iterator[nn.Parameter]:
@@ -95,8 +86,11 @@ def _post_embedding(model: nn.Module) -> Iterator[nn.Parameter]:
 
 def count_parameters(model: nn.Module, upto_embedding: bool = False) -> int:
     """Number of parameters; ``upto_embedding`` leaves out layers used only after the embedding
-    (x-vector segment7, SAEP dense3), the convention under which seed 001 reports its sizes."""
+    (x-vector segment7, SAEP dense3), the convention under which SAEP reports its sizes."""
     total = sum(p.numel() for p in model.parameters())
     if upto_embedding:
         total -= sum(p.numel() for p in _post_embedding(model))
     return total
+
+
+ENCODERS.discover()

@@ -1,5 +1,5 @@
 """Scaled ResNet-34 with self-attentive multi-layer aggregation, feature recalibration and deep
-length normalization (seed 003, Seo & Kim 2020).
+length normalization (MLA-SAP, see REFERENCES.md).
 
     input [B, T, 64] log-mel  ->  [B, 1, 64 freq, T]
     conv1  3x3, 32 ch, stride 1, BN, ReLU      D   x L      -> pool1 (P1, 32)
@@ -7,15 +7,15 @@ length normalization (seed 003, Seo & Kim 2020).
     res2   4 basic blocks, 64 ch, stride 2     D/2 x L/2    -> pool3 (P3, 64)
     res3   6 basic blocks, 128 ch, stride 2    D/4 x L/4    -> pool4 (P4, 128)
     res4   3 basic blocks, 256 ch, stride 2    D/8 x L/8    -> pool5 (P5, 256)
-    V = P1 ++ P2 ++ P3 ++ P4 ++ P5 (512)                                  seed 003 eq. (1)
-    FR:  V' = sigmoid(W2 leaky_relu(W1 V)) * V,  W1: 512 -> 512/r, r = 8   seed 003 eq. (4)
-    DLN: SE = alpha V' / ||V'||_2, alpha learnable, initialised to 10     seed 003 eq. (5)
+    V = P1 ++ P2 ++ P3 ++ P4 ++ P5 (512)                                  MLA-SAP eq. (1)
+    FR:  V' = sigmoid(W2 leaky_relu(W1 V)) * V,  W1: 512 -> 512/r, r = 8   MLA-SAP eq. (4)
+    DLN: SE = alpha V' / ||V'||_2, alpha learnable, initialised to 10     MLA-SAP eq. (5)
 
 Each pool_i (MLA-SAP) averages the map over frequency, then applies SAP: ``h_n = tanh(W y_n + b)``,
-``w_n = softmax(h_n . u)``, ``P_i = sum_n w_n h_n`` (seed 003 eqs. (2)-(3): the hidden ``h`` is
+``w_n = softmax(h_n . u)``, ``P_i = sum_n w_n h_n`` (MLA-SAP eqs. (2)-(3): the hidden ``h`` is
 summed), followed by batch normalization and dropout.
 
-``encoding`` selects a row of seed 003 Table 3 (plus Table 1's baseline):
+``encoding`` selects a row of MLA-SAP Table 3 (plus Table 1's baseline):
   'gap'            GAP of res4 only                         256-d
   'sap'            SAP of res4 only                         256-d
   'mla_gap'        GAP of conv1 and every stage, concatenated (Table 1 baseline)   512-d
@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pysv.models import register
 from .pooling import GlobalAveragePooling, SelfAttentivePooling, check_lengths, mask_time
 from .resnet_blocks import check_stages, init_resnet_weights, make_stage
 
@@ -65,7 +66,7 @@ class _GAPBranch(nn.Module):
 
 
 class FeatureRecalibration(nn.Module):
-    """seed 003 eq. (4): V' = sigmoid(W2 delta(W1 V)) * V with leaky ReLU delta."""
+    """MLA-SAP eq. (4): V' = sigmoid(W2 delta(W1 V)) * V with leaky ReLU delta."""
 
     def __init__(self, dim: int, reduction: int = 8):
         super().__init__()
@@ -77,7 +78,7 @@ class FeatureRecalibration(nn.Module):
 
 
 class DeepLengthNorm(nn.Module):
-    """seed 003 eq. (5): alpha * v / ||v||_2 with learnable alpha."""
+    """MLA-SAP eq. (5): alpha * v / ||v||_2 with learnable alpha."""
 
     def __init__(self, init_alpha: float = 10.0):
         super().__init__()
@@ -87,6 +88,7 @@ class DeepLengthNorm(nn.Module):
         return self.alpha * F.normalize(v.float(), dim=1).to(v.dtype)
 
 
+@register("mla_resnet34")
 class MLAResNet34(nn.Module):
     """Scaled ResNet-34 with (self-attentive) multi-layer aggregation.
 
@@ -94,7 +96,7 @@ class MLAResNet34(nn.Module):
       feat_dim (64): log-mel bins.
       encoding ('mla_sap_fr_dln'): one of ENCODINGS (see module doc).
       channels ((32, 64, 128, 256)), layers ((3, 4, 6, 3)).
-      sap_value ('hidden'): SAP sums the tanh hidden h_n (seed 003 eq. (3)); 'input' sums y_n.
+      sap_value ('hidden'): SAP sums the tanh hidden h_n (MLA-SAP eq. (3)); 'input' sums y_n.
       mla_dropout (0.2): dropout on each P_i of MLA-SAP (rate not given in the paper).
       fr_reduction (8): r of the feature recalibration bottleneck.
       dln_alpha (10.0): initial DLN scale.
@@ -121,9 +123,6 @@ class MLAResNet34(nn.Module):
             raise ValueError(f"feat_dim must be >= 8, got {feat_dim}")
         self.feat_dim = int(feat_dim)
         self.encoding = encoding
-        self.hparams = dict(feat_dim=feat_dim, encoding=encoding, channels=list(channels),
-                            layers=list(layers), sap_value=sap_value, mla_dropout=mla_dropout,
-                            fr_reduction=fr_reduction, dln_alpha=dln_alpha)
 
         self.conv1 = nn.Conv2d(1, channels[0], 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(channels[0])

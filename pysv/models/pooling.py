@@ -86,6 +86,20 @@ def mask_time(x: torch.Tensor, lengths: Optional[torch.Tensor]) -> torch.Tensor:
     return x * m.view((x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)).to(x.dtype)
 
 
+def masked_moments(x: torch.Tensor, lengths: Optional[torch.Tensor], dim: int, unbiased: bool = False):
+    """Mean and variance of ``x`` over its time axis ``dim`` (kept, for broadcasting), counting only
+    the first ``lengths[b]`` steps of each row ``b``; ``unbiased`` divides by ``n - 1``."""
+    if lengths is None:
+        return x.mean(dim, keepdim=True), x.var(dim, unbiased=unbiased, keepdim=True)
+    dim = dim % x.dim()
+    shape = [x.shape[0]] + [x.shape[d] if d == dim else 1 for d in range(1, x.dim())]
+    m = lengths_to_mask(lengths, x.shape[dim]).view(shape).to(x.dtype)
+    n = lengths.to(x.dtype).view([x.shape[0]] + [1] * (x.dim() - 1))
+    mu = (x * m).sum(dim, keepdim=True) / n
+    var = ((x - mu).pow(2) * m).sum(dim, keepdim=True) / ((n - 1).clamp(min=1) if unbiased else n)
+    return mu, var
+
+
 def _mask_for(x: torch.Tensor, lengths: Optional[torch.Tensor], time_dim: int = 1):
     if lengths is None:
         return None
@@ -163,11 +177,11 @@ class GlobalAveragePooling(nn.Module):
 
 
 class SelfAttentivePooling(nn.Module):
-    """SAP (Cai et al. 2018; seed 003 eqs. (2)-(3)).
+    """SAP (Cai et al. 2018; MLA-SAP eqs. (2)-(3)).
 
     ``h_t = tanh(W x_t + b)``, ``w_t = softmax_t(h_t . u)``; output ``sum_t w_t x_t``
-    (``value='input'``, voxceleb_trainer's SAP used by seeds 000/002) or ``sum_t w_t h_t``
-    (``value='hidden'``, seed 003 eq. (3)).
+    (``value='input'``, voxceleb_trainer's SAP used by MP-2021 / MP-2020) or ``sum_t w_t h_t``
+    (``value='hidden'``, MLA-SAP eq. (3)).
     """
 
     def __init__(self, in_dim: int, hidden_dim: Optional[int] = None, value: str = "input"):
@@ -231,7 +245,7 @@ class StatisticsPooling(nn.Module):
 
 
 class MultiHeadAttentivePooling(nn.Module):
-    """Self multi-head attentive pooling (India et al. 2019), also SAEP's pooling (seed 001 eq. (5)).
+    """Self multi-head attentive pooling (India et al. 2019), also SAEP's pooling (SAEP eq. (5)).
 
     The ``D`` channels are split into ``H`` heads of ``D/H``; head ``j`` has a learned query
     ``u_j``; ``w_tj = softmax_t(x_tj . u_j / sqrt(D/H))`` and the output concatenates

@@ -1,6 +1,6 @@
-"""RawNet2 (seed 004, Jung et al. 2020): raw-waveform speaker embedding extractor.
+"""RawNet2 (Jung et al., see REFERENCES.md): raw-waveform speaker embedding extractor.
 
-seed 004 Table 1 (input 59049 samples at 16 kHz in training, any length at inference):
+RawNet2 Table 1 (input 59049 samples at 16 kHz in training, any length at inference):
 
     layer norm over time (per utterance)
     Sinc(251, stride 1, 128) -> |.| -> MaxPool(3) -> BN -> LeakyReLU(0.3)            (19599, 128)
@@ -9,7 +9,7 @@ seed 004 Table 1 (input 59049 samples at 16 kHz in training, any length at infer
     4 x ResBlock(256): same, 1x1 conv on the shortcut where the width changes         (26, 256)
     BN -> LeakyReLU(0.3) -> GRU(1024), last valid step -> FC(1024) = embedding
 
-Filter-wise feature map scaling (FMS, seed 004 section 3): ``s = sigmoid(FC(mean_t c))`` and
+Filter-wise feature map scaling (FMS, RawNet2 section 3): ``s = sigmoid(FC(mean_t c))`` and
 ``fms`` selects eqs. (1)-(4): 'add' c+s, 'mul' c*s, 'add_mul' (c+s)*s, 'mul_add' c*s+s (default,
 #11 / RawNet2), 'mul_add_sep' c*s1+s2 with two FCs (#12), 'none'. The classifier and the
 "norm-10 scaling before the classifier" of the reference code belong to the trainer / loss.
@@ -24,8 +24,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from pysv.models import register
 from .pooling import (MultiHeadAttentivePooling, SelfAttentivePooling, check_lengths,
-                      conv_out_lengths, lengths_to_mask, mask_time)
+                      conv_out_lengths, mask_time, masked_moments)
 
 __all__ = ["RawNet2", "SincConv", "FMS_MODES"]
 
@@ -92,7 +93,7 @@ class SincConv(nn.Module):
 
 
 class FMS(nn.Module):
-    """Filter-wise feature map scaling (seed 004 eqs. (1)-(4)); the time average is masked."""
+    """Filter-wise feature map scaling (RawNet2 eqs. (1)-(4)); the time average is masked."""
 
     def __init__(self, channels: int, mode: str):
         super().__init__()
@@ -145,17 +146,12 @@ class _ResBlock(nn.Module):
 
 def _time_layer_norm(x: torch.Tensor, lengths: Optional[torch.Tensor], eps: float = 1e-6):
     """Normalize each waveform by its own mean and (unbiased) std over the valid samples."""
-    if lengths is None:
-        mu = x.mean(-1, keepdim=True)
-        sd = x.std(-1, keepdim=True)
-    else:
-        m = lengths_to_mask(lengths, x.shape[-1]).to(x.dtype)
-        n = lengths.float().unsqueeze(1)
-        mu = (x * m).sum(-1, keepdim=True) / n
-        sd = (((x - mu) * m).pow(2).sum(-1, keepdim=True) / (n - 1).clamp(min=1)).sqrt()
+    mu, var = masked_moments(x, lengths, dim=-1, unbiased=True)
+    sd = var.sqrt()
     return (x - mu) / (sd + eps)
 
 
+@register("rawnet2")
 class RawNet2(nn.Module):
     """RawNet2 on raw 16 kHz waveforms ``[batch, samples]``.
 
@@ -208,12 +204,6 @@ class RawNet2(nn.Module):
         self.embed_dim = int(embed_dim)
         self.feat_dim = None
         self.sample_rate = int(sample_rate)
-        self.hparams = dict(first_layer=first_layer, sinc_length=sinc_length, conv_length=conv_length,
-                            first_filters=first_filters, sample_rate=sample_rate,
-                            min_low_hz=min_low_hz, min_band_hz=min_band_hz, layer_norm=self.layer_norm,
-                            preemphasis=self.preemphasis, filters=list(filters), blocks=list(blocks),
-                            fms=fms, aggregation=aggregation, heads=heads, gru_dim=gru_dim,
-                            gru_layers=gru_layers, embed_dim=embed_dim, slope=slope)
 
         if first_layer == "sinc":
             self.sinc = SincConv(first_filters, sinc_length, sample_rate, min_low_hz, min_band_hz)

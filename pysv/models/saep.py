@@ -1,17 +1,17 @@
-"""SAEP: self-attention encoding and pooling (seed 001, Safari, India & Hernando 2020).
+"""SAEP: self-attention encoding and pooling (SAEP, see REFERENCES.md).
 
     input  [B, T, d_m=90]  (30 MFCC + deltas + double deltas, CMVN)
     N = 2 identical blocks, each (post-LN, residual around each sub-layer):
-        single-head scaled dot-product self-attention   seed 001 eqs. (1)-(3)
+        single-head scaled dot-product self-attention   SAEP eqs. (1)-(3)
             Q = X W_Q, K = X W_K (d_m x d_k), V = X W_V (d_m x d_v), O = softmax(QK^T/sqrt(d_k)) V,
             then W_O (d_v x d_m) back to the model width for the residual
-        position-wise FFN  max(0, h W_1 + b_1) W_2 + b_2  (d_m -> d_ff -> d_m)   seed 001 eq. (4)
-    self-attention pooling  C = softmax(w_c H^T) H,  w_c in R^{d_m}              seed 001 eq. (5)
+        position-wise FFN  max(0, h W_1 + b_1) W_2 + b_2  (d_m -> d_ff -> d_m)   SAEP eq. (4)
+    self-attention pooling  C = softmax(w_c H^T) H,  w_c in R^{d_m}              SAEP eq. (5)
     dense1 90 -> ReLU -> dense2 400 -> ReLU (= embedding) -> dense3 400 -> ReLU -> classifier
 
 Dropout 0.1 inside the encoder (on each sub-layer output before the residual add) and 0.2
 elsewhere (pooled vector, after dense1 and dense2). The embedding is taken after the
-non-linearity of dense2, the second layer before the softmax (seed 001 section 2.3).
+non-linearity of dense2, the second layer before the softmax (SAEP section 2.3).
 
 ``forward`` returns the embedding (dense2 after ReLU) in eval mode and dense3's output (after ReLU)
 in training mode, the input of the softmax layer; ``embed`` / ``train_output`` give either one.
@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pysv.models import register
 from .pooling import MultiHeadAttentivePooling, check_lengths, lengths_to_mask
 
 __all__ = ["SAEP"]
@@ -59,6 +60,7 @@ def _sinusoidal(T: int, d: int, device, dtype) -> torch.Tensor:
     return pe.to(dtype)
 
 
+@register("saep")
 class SAEP(nn.Module):
     """Self-attention encoder + self-attention pooling.
 
@@ -91,10 +93,6 @@ class SAEP(nn.Module):
             raise ValueError(f"pos_encoding must be 'none' or 'sinusoidal', got {pos_encoding!r}")
         self.feat_dim, self.embed_dim = int(feat_dim), int(embed_dim)
         self.pos_encoding = pos_encoding
-        self.hparams = dict(feat_dim=feat_dim, num_blocks=num_blocks, d_k=d_k, d_v=d_v, d_ff=d_ff,
-                            dense_dim=dense_dim, embed_dim=embed_dim,
-                            encoder_dropout=encoder_dropout, dropout=dropout,
-                            pos_encoding=pos_encoding)
         self.blocks = nn.ModuleList(_EncoderBlock(feat_dim, d_k, d_v, d_ff, encoder_dropout)
                                     for _ in range(num_blocks))
         self.pool = MultiHeadAttentivePooling(feat_dim, num_heads=1, scale=False)  # eq. (5)

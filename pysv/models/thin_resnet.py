@@ -1,4 +1,4 @@
-"""Thin-ResNet34 + SAP: the backbone of seeds 000/002 (voxceleb_trainer's ``ResNetSE34L``).
+"""Thin-ResNet34 + SAP: the backbone of MP-2021 / MP-2020 (voxceleb_trainer's ``ResNetSE34L``).
 
 Layout (input ``[B, T, 40]`` log-mel, seen as a 1-channel image ``[B, 1, freq, time]``):
 
@@ -20,8 +20,9 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
+from pysv.models import register
 from .pooling import (AttentiveStatisticsPooling, SelfAttentivePooling, TemporalAveragePooling,
-                      check_lengths, lengths_to_mask, mask_time)
+                      check_lengths, mask_time, masked_moments)
 from .resnet_blocks import check_stages, init_resnet_weights, make_stage
 
 __all__ = ["ThinResNet34", "INPUT_NORMS", "normalize_over_time"]
@@ -30,8 +31,9 @@ __all__ = ["ThinResNet34", "INPUT_NORMS", "normalize_over_time"]
 INPUT_NORMS = ("none", "mean", "instance")
 
 
+@register("thin_resnet34")
 class ThinResNet34(nn.Module):
-    """Thin-ResNet34 with SAP/TAP/ASP pooling (seeds 000/002 backbone).
+    """Thin-ResNet34 with SAP/TAP/ASP pooling (MP-2021 / MP-2020 backbone).
 
     Hyper-parameters:
       feat_dim (40): mel bins of the input.
@@ -70,10 +72,6 @@ class ThinResNet34(nn.Module):
         if embed_dim < 1:
             raise ValueError(f"embed_dim must be >= 1, got {embed_dim}")
         self.feat_dim, self.embed_dim = int(feat_dim), int(embed_dim)
-        self.hparams = dict(feat_dim=feat_dim, embed_dim=embed_dim, pooling=pooling,
-                            channels=list(channels), layers=list(layers), se=se,
-                            se_reduction=se_reduction, last_stride=last_stride,
-                            input_norm=input_norm)
         self.input_norm = input_norm
 
         self.conv1 = nn.Conv2d(1, channels[0], 7, stride=(2, 1), padding=3, bias=False)
@@ -120,16 +118,7 @@ def normalize_over_time(x: torch.Tensor, lengths: Optional[torch.Tensor], varian
     """Each feature dim of ``[B, T, F]`` to zero mean (and, with ``variance``, unit variance) over
     the valid frames of its row, as ``InstanceNorm1d(F)`` without affine (``eps`` as torch's).
     Padded frames take no part in the statistics (they come out as garbage the encoder masks)."""
-    if lengths is None:
-        mu = x.mean(1, keepdim=True)
-        if not variance:
-            return x - mu
-        var = x.var(1, unbiased=False, keepdim=True)
-    else:
-        m = lengths_to_mask(lengths, x.shape[1]).unsqueeze(-1).to(x.dtype)
-        n = lengths.to(x.dtype).view(-1, 1, 1)
-        mu = (x * m).sum(1, keepdim=True) / n
-        if not variance:
-            return x - mu
-        var = ((x - mu).pow(2) * m).sum(1, keepdim=True) / n
+    mu, var = masked_moments(x, lengths, dim=1)
+    if not variance:
+        return x - mu
     return (x - mu) / torch.sqrt(var + eps)

@@ -1,4 +1,4 @@
-"""x-vector TDNN (Snyder et al., ICASSP 2018), the baseline of seed 001.
+"""x-vector TDNN (Snyder et al., ICASSP 2018), the baseline of SAEP.
 
     frame1  context [t-2, t+2]        -> 512     (Conv1d k=5)
     frame2  context {t-2, t, t+2}     -> 512     (Conv1d k=3, dilation 2)
@@ -23,11 +23,12 @@ from typing import Iterator, Optional
 import torch
 import torch.nn as nn
 
+from pysv.models import register
 from .pooling import StatisticsPooling, check_lengths, conv_out_lengths
 
 __all__ = ["XVector"]
 
-# (kernel, dilation) of the five frame-level layers: seed 001 / Snyder 2018 Table 1
+# (kernel, dilation) of the five frame-level layers: SAEP / Snyder 2018 Table 1
 _CONTEXTS = ((5, 1), (3, 2), (3, 3), (1, 1), (1, 1))
 
 
@@ -43,11 +44,12 @@ class _TDNNLayer(nn.Module):
         return self.bn(self.relu(self.affine(x)))
 
 
+@register("xvector")
 class XVector(nn.Module):
     """Kaldi-style x-vector extractor.
 
     Hyper-parameters:
-      feat_dim (30): input feature dim (30 MFCC in Kaldi's recipe; 90 with deltas in seed 001).
+      feat_dim (30): input feature dim (30 MFCC in Kaldi's recipe; 90 with deltas in SAEP).
       hidden_dim (512): width of frame1-4 and of the segment layers.
       stats_dim (1500): width of frame5 (input of the statistics pooling).
       embed_dim (512): segment6 size = embedding size; segment7 has the same size.
@@ -68,8 +70,6 @@ class XVector(nn.Module):
                 raise ValueError(f"{k} must be a positive int, got {v!r}")
         self.feat_dim, self.embed_dim = int(feat_dim), int(embed_dim)
         self.pad_input = bool(pad_input)
-        self.hparams = dict(feat_dim=feat_dim, hidden_dim=hidden_dim, stats_dim=stats_dim,
-                            embed_dim=embed_dim, pad_input=pad_input)
         dims = [feat_dim, hidden_dim, hidden_dim, hidden_dim, hidden_dim, stats_dim]
         self.frame_layers = nn.Sequential(*[_TDNNLayer(dims[i], dims[i + 1], k, d)
                                             for i, (k, d) in enumerate(_CONTEXTS)])

@@ -1,4 +1,6 @@
-"""Checkpoints that load without unpickling code: ``torch.load(weights_only=True)`` everywhere.
+"""Checkpoints: epoch files, the latest loadable one, averaging the last K, the trained encoder.
+
+Everything loads without unpickling code: ``torch.load(weights_only=True)`` everywhere.
 
 What a checkpoint holds is restricted to tensors and plain containers (dict, list, tuple, str,
 int, float, bool, None), which is what ``weights_only=True`` accepts. The two things that are not
@@ -18,12 +20,13 @@ import pickle
 import random
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import yaml
 
+from pysv import models as model_lib
 from pysv.utils.io import DataError, atomic_path
 
 log = logging.getLogger("pysv.train.checkpoint")
@@ -53,8 +56,9 @@ def load(path) -> Dict[str, Any]:
             f"containers, whose unpickling could run code ({first}). pysv writes no such files; "
             "do not load files of unknown origin") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise CheckpointError(f"{path}: cannot read checkpoint (truncated or damaged? "
-                              f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
+                              f"{type(e).__name__}: {first_line})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not a pysv checkpoint (top level is {type(state).__name__}, not a dict)")
     return state
@@ -74,6 +78,84 @@ def load_latest(paths: List[Path]) -> Tuple[Optional[Path], Optional[Dict[str, A
             nxt = paths[i - 1].name if i > 0 else "no checkpoint (epoch 1)"
             log.warning("%s; falling back to %s", e, nxt)
     return None, None
+
+
+# ------------------------------------------------------------------------------------------------
+# epoch checkpoints of a run (exp/<system>/checkpoints/epoch_NNN.pt) and final.pt
+# ------------------------------------------------------------------------------------------------
+def epoch_checkpoints(ckpt_dir) -> List[Path]:
+    """The epoch checkpoints of a run, oldest first."""
+    return sorted(Path(ckpt_dir).glob("epoch_*.pt"))
+
+
+def epoch_of(path) -> int:
+    """The epoch number of ``epoch_NNN.pt``."""
+    return int(Path(path).stem.split("_")[1])
+
+
+def save_epoch(state: Dict[str, Any], ckpt_dir, epoch: int, keep: int = 0) -> Path:
+    """Write ``epoch_NNN.pt``; with ``keep`` > 0 delete all but the newest ``keep`` epoch files."""
+    path = Path(ckpt_dir) / f"epoch_{epoch:03d}.pt"
+    save(state, path)
+    if keep:
+        for old in epoch_checkpoints(ckpt_dir)[:-keep]:
+            old.unlink()
+    return path
+
+
+def average_encoder_weights(paths: Sequence[Path]) -> Dict[str, torch.Tensor]:
+    """The encoder state dict averaged over checkpoints ``paths`` (float tensors averaged in float64,
+    returned as float32; integer buffers such as BN's batch counter taken from the first), as
+    wespeaker's ``average_model.py``."""
+    avg: Optional[Dict[str, torch.Tensor]] = None
+    for p in paths:
+        sd = load(p)["model"]
+        if avg is None:
+            avg = {n: t.clone().double() if t.is_floating_point() else t.clone() for n, t in sd.items()}
+        else:
+            for n, t in sd.items():
+                if t.is_floating_point():
+                    avg[n] += t.double()
+    if avg is None:
+        raise CheckpointError("no checkpoint to average")
+    return {n: (t / len(paths)).float() if t.is_floating_point() else t for n, t in avg.items()}
+
+
+class ArchitectureMismatch(DataError):
+    """Saved encoder weights that do not fit the encoder built from the config."""
+
+
+def load_encoder_weights(encoder: torch.nn.Module, path) -> None:
+    """Load the encoder weights (``model``) of a ``final.pt`` or epoch checkpoint into ``encoder``;
+    :class:`ArchitectureMismatch` names the tensors that differ when the architectures do."""
+    state = load(path)
+    if "model" not in state:
+        raise CheckpointError(f"{path}: no encoder weights ('model') in this checkpoint")
+    own = encoder.state_dict()
+    differs = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state["model"].items()
+               if k in own and tuple(own[k].shape) != tuple(v.shape)]
+    differs += [k for k in own if k not in state["model"]] + [k for k in state["model"] if k not in own]
+    if differs:
+        raise ArchitectureMismatch(f"{path} holds another architecture than the configured encoder "
+                                   f"(differs: {', '.join(differs[:5])})")
+    encoder.load_state_dict(state["model"])
+
+
+def encoder_from_state(state: Dict[str, Any], cfg: Dict[str, Any], device="cpu") -> torch.nn.Module:
+    """The encoder of a loaded ``final.pt`` state and its config, in eval mode on ``device``."""
+    model = model_lib.build(cfg["model"]["name"], **cfg["model"]["hparams"])
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()
+
+
+def load_encoder(exp_dir, device="cpu") -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    """The trained encoder of ``exp/<system>`` (``final.pt``) in eval mode, and its config."""
+    path = Path(exp_dir) / "final.pt"
+    if not path.is_file():
+        raise DataError(f"missing trained model {path} (run stage 2 for this system)")
+    state = load(path)
+    cfg = config_from_state(state, path)
+    return encoder_from_state(state, cfg, device), cfg
 
 
 # ------------------------------------------------------------------------------------------------
@@ -98,7 +180,8 @@ def rng_state() -> Dict[str, Any]:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
-        "numpy": [str(kind), torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "numpy": [str(kind), torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss),
+                  float(gauss)],
         "python": _python_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }

@@ -1,19 +1,26 @@
-"""Training configuration: one complete yaml per system, ``key.sub=value`` overrides, validation.
+"""Training configuration: defaults ← a chain of yaml files (``_base_``) ← ``key.sub=value`` overrides.
 
-Every key a config may hold appears in :data:`DEFAULTS`; a key that is not there, or a value of the
-wrong type, is rejected before any work starts with a message naming the key. The dictionaries
-``model.hparams`` and ``loss.hparams`` are free-form: their keys are checked by the encoder / loss
-builders themselves, which reject unknown hyper-parameters by name.
+:data:`DEFAULTS` is the one place that lists every key a config may hold, with its default. A
+system yaml states only what differs: from :data:`DEFAULTS`, or from the yaml it names in
+``_base_:`` (a path relative to the file; bases may name bases). Mappings merge key by key, any
+other value (lists included) replaces the base's. A key that is not in :data:`DEFAULTS`, or a value
+of the wrong type, is rejected before any work starts with a message naming the key and file. The
+mappings ``model.hparams`` and ``loss.hparams`` are free-form: their keys are checked by the encoder
+/ loss registries, which reject unknown hyper-parameters by name. Choices (encoder, loss, sampler,
+optimizer, scheduler, feature names) are checked against the registries that own them. A run
+records the resolved, complete config (``exp/<system>/config.yaml``).
 """
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-FREE_FORM = {"model.hparams", "loss.hparams", "data.augment", "data.spec_augment", "data.feature_overrides"}
+from pysv.utils.io import atomic_write, load_yaml
+
+FREE_FORM = {"model.hparams", "loss.hparams", "data.augment", "data.spec_augment"}
 
 # None means "optional"; the type of a None default is given in OPTIONAL_TYPES.
 DEFAULTS: Dict[str, Any] = {
@@ -21,12 +28,12 @@ DEFAULTS: Dict[str, Any] = {
     "seed": 1,
     "data": {
         "train": "data/mini_train",   # Kaldi data dir (wav.scp, utt2spk); features in <train>_<feature>
-        "feature": "fbank40",         # fbank40 | fbank64 | mfcc30 | null (raw waveform systems)
-        "feature_overrides": {},      # options for on-the-fly features (used with augmentation)
+        "feature": "fbank40",         # a named feature config (fbank40 | fbank64 | mfcc30), a feature yaml,
+                                      # or null (waveform encoders)
         "on_the_fly_features": False, # compute features from audio in the loader (needed for waveform augmentation)
         "front_end": "worker",        # on-the-fly features: in the loader workers | on the training device, batched
         "crop": 200,                  # training crop: frames (features) or samples (waveform)
-        "augment": None,              # waveform augmentation (pysv.data.augment.build_augmentor), null = off
+        "augment": None,              # waveform augmentation (pysv.data.waveform_augment.build_augmentor), null = off
         "spec_augment": None,         # SpecAugment on features, null = off
         "num_workers": 2,
         "valid_speakers": 8,          # training speakers held out for the per-epoch validation EER
@@ -66,7 +73,8 @@ DEFAULTS: Dict[str, Any] = {
         "embed_norm_scale": None,     # scale embeddings to this L2 norm before the loss (RawNet2: 10)
         "average_last": 1,            # average the weights of the last K epoch checkpoints into final.pt
         "log_interval": 10,
-        "channels_last": True,        # channels-last weights for 2-D CNN encoders (encoder attribute prefers_channels_last)
+        "channels_last": True,        # channels-last weights for 2-D CNN encoders
+                                      # (encoder attribute prefers_channels_last)
         "find_unused_parameters": False,
         "keep_checkpoints": 0,        # 0 = keep all epoch checkpoints
         "max_minutes": None,          # time budget: stop after the last epoch that fits (then finalise)
@@ -76,7 +84,8 @@ DEFAULTS: Dict[str, Any] = {
     # the system's test protocol: stage 3 always writes full-utterance embeddings (cosine / PLDA)
     # and, when mode is not full, the protocol's embeddings of the test set as well
     "extract": {
-        "mode": "full",               # full | crops (num_crops evenly spaced, distance back-end) | tta (averaged sliding crops)
+        "mode": "full",               # full | crops (num_crops evenly spaced, distance back-end)
+                                      # | tta (averaged sliding crops)
         "crop": None,                 # crop length for crops / tta, frames or samples; null = data.crop
         "num_crops": 10,              # crops per utterance (mode crops)
         "overlap": 0.2,               # overlap of consecutive crops (mode tta)
@@ -98,9 +107,6 @@ OPTIONAL_TYPES: Dict[str, tuple] = {
     "train.margin_ramp": (list,),
 }
 
-#: test protocols of the ``extract`` block (pysv.embed.MODES)
-EXTRACT_MODES = ("full", "crops", "tta")
-
 
 class ConfigError(ValueError):
     """A config key that does not exist, or a value of the wrong type; the message names the key."""
@@ -114,6 +120,18 @@ def _flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
             out.update(_flatten(v, key + "."))
         else:
             out[key] = v
+    return out
+
+
+def _flatten_file(d: Dict[str, Any]) -> Dict[str, Any]:
+    """:func:`_flatten`, but a non-empty free-form mapping of a file merges into its base's key by
+    key (``model.hparams.<name>``) instead of replacing it."""
+    out = {}
+    for key, value in _flatten(d).items():
+        if key in FREE_FORM and isinstance(value, dict) and value:
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
     return out
 
 
@@ -178,44 +196,75 @@ def parse_override(text: str):
     return key.strip(), value
 
 
-def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> Dict[str, Any]:
-    """Defaults ← yaml file ← ``key=value`` overrides; every key and type validated."""
+BASE_KEY = "_base_"
+
+
+def read_chain(path, _seen: Sequence[Path] = ()) -> List[Tuple[Path, Dict[str, Any]]]:
+    """The yaml files of ``path``'s ``_base_`` chain, root base first, each with its mapping (without
+    ``_base_``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}" + (f" (the {BASE_KEY} of {_seen[-1]})" if _seen else ""))
+    if p.resolve() in [s.resolve() for s in _seen]:
+        raise ConfigError(f"{p}: {BASE_KEY} chain loops ({' -> '.join(map(str, [*_seen, p]))})")
+    user = load_yaml(p, ConfigError) or {}
+    if not isinstance(user, dict):
+        raise ConfigError(f"{p}: top level must be a mapping")
+    base = user.pop(BASE_KEY, None)
+    if base is None:
+        return [(p, user)]
+    if not isinstance(base, str):
+        raise ConfigError(f"{p}: {BASE_KEY} must be a path (relative to {p.parent}), got {base!r}")
+    return read_chain(p.parent / base, [*_seen, p]) + [(p, user)]
+
+
+def load_config(path: Optional[str], overrides: Sequence[str] = (), check_choices: bool = True) -> Dict[str, Any]:
+    """Defaults ← the ``_base_`` chain of the yaml file ← ``key=value`` overrides; every key,
+    type and value validated (``check_choices=False`` skips the names owned by the registries,
+    which import torch: for tools that only read values)."""
     cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        from pysv.utils.io import load_yaml
-        user = load_yaml(p, ConfigError) or {}
-        if not isinstance(user, dict):
-            raise ConfigError(f"{p}: top level must be a mapping")
-        for key, value in _flatten(user).items():
-            try:
-                _set(cfg, key, value)
-            except ConfigError as e:
-                raise ConfigError(f"{p}: {e}") from None
+        for p, user in read_chain(path):
+            for key, value in _flatten_file(user).items():
+                try:
+                    _set(cfg, key, value)
+                except ConfigError as e:
+                    raise ConfigError(f"{p}: {e}") from None
         if not cfg["system"]:
-            cfg["system"] = p.stem
+            cfg["system"] = Path(path).stem
     for ov in overrides:
         key, value = parse_override(ov)
         _set(cfg, key, value)
-    check_values(cfg)
+    check_values(cfg, check_choices)
     return cfg
 
 
-def check_values(cfg: Dict[str, Any]) -> None:
-    choices = {
-        "sampler.kind": ("shuffle", "balanced", "mp_random"),
-        "optim.name": ("sgd", "adam", "amsgrad"),
-        "scheduler.name": ("plateau", "step", "warmup_exp", "warmup_cosine", "none"),
-        "extract.mode": EXTRACT_MODES,
-        "train.precision": ("auto", "fp32", "bf16", "fp16"),
-        "data.front_end": ("worker", "device"),
+def registry_choices() -> Dict[str, Sequence[str]]:
+    """Config keys whose values name a registered component, with the names their owners accept."""
+    from pysv import losses, models
+    from pysv.data.samplers import SAMPLERS
+    from pysv.embed import MODES
+    from pysv.train.optim import OPTIMIZERS, SCHEDULERS
+    from pysv.train.precision import PRECISIONS
+    return {
+        "model.name": models.names(),
+        "loss.name": (*losses.names(), *losses.LOSSES.aliases()),
+        "sampler.kind": SAMPLERS.names(),
+        "optim.name": tuple(OPTIMIZERS),
+        "scheduler.name": SCHEDULERS,
+        "extract.mode": MODES,
+        "train.precision": PRECISIONS,
     }
+
+
+def check_values(cfg: Dict[str, Any], check_choices: bool = True) -> None:
+    choices: Dict[str, Sequence[str]] = {"data.front_end": ("worker", "device")}
+    if check_choices:
+        choices.update(registry_choices())
     flat = _flatten(cfg)
     for key, allowed in choices.items():
         if flat[key] not in allowed:
-            raise ConfigError(f"config key '{key}': {flat[key]!r} is not one of {allowed}")
+            raise ConfigError(f"config key '{key}': {flat[key]!r} is not one of {tuple(allowed)}")
     positive = ["data.crop", "sampler.batch_size", "optim.lr", "train.epochs", "train.average_last"]
     for key in positive:
         if flat[key] <= 0:
@@ -237,23 +286,33 @@ def check_values(cfg: Dict[str, Any]) -> None:
         raise ConfigError(f"config key 'extract.overlap' must be in [0, 1), got {flat['extract.overlap']!r}")
     if flat["data.num_workers"] < 0:
         raise ConfigError("config key 'data.num_workers' must be >= 0")
-    if flat["data.feature"] is not None and flat["data.feature"] not in ("fbank40", "fbank64", "mfcc30") \
-            and not str(flat["data.feature"]).endswith(".yaml"):
-        raise ConfigError(f"config key 'data.feature': unknown feature {flat['data.feature']!r}")
+    feature = flat["data.feature"]
+    if check_choices and feature is not None and not str(feature).endswith(".yaml"):
+        from pysv.features import FEATURE_NAMES
+        if feature not in FEATURE_NAMES:
+            raise ConfigError(f"config key 'data.feature': unknown feature {feature!r} "
+                              f"(a name of {', '.join(FEATURE_NAMES)} or a feature yaml)")
 
 
 def save_config(cfg: Dict[str, Any], path) -> None:
-    from pysv.utils.io import atomic_write
     with atomic_write(path, encoding="utf-8") as f:
         yaml.safe_dump(cfg, f, sort_keys=False)
 
 
 def list_systems(conf_dir="conf") -> List[str]:
-    """Systems are the conf/<encoder>_<loss>.yaml files that have a ``model`` section."""
+    """The systems of a recipe: the ``conf/*.yaml`` files whose ``_base_`` chain has a ``loss``
+    section (feature configs, bases and the list file have none)."""
     out = []
     for p in sorted(Path(conf_dir).glob("*.yaml")):
-        with open(p, encoding="utf-8") as f:
-            d = yaml.safe_load(f) or {}
-        if isinstance(d, dict) and "model" in d and "loss" in d:
+        if any("loss" in part for _, part in read_chain(p)):
             out.append(p.stem)
     return out
+
+
+def system_lists(conf_dir="conf") -> Dict[str, List[str]]:
+    """The named lists of ``conf/systems.yaml`` (e.g. ``default``, ``paper``)."""
+    path = Path(conf_dir) / "systems.yaml"
+    lists = load_yaml(path, ConfigError) if path.is_file() else {}
+    if not isinstance(lists, dict) or not all(isinstance(v, list) for v in lists.values()):
+        raise ConfigError(f"{path}: expected a mapping of list names to lists of system names")
+    return lists

@@ -1,16 +1,17 @@
-"""Validation-EER curves: one run (``valid_eer.png``) or several systems compared (seed 000 Fig. 2)."""
+"""Validation-EER curves: one run (``valid_eer.png``) or several systems compared (MP-2021 Fig. 2)."""
 from __future__ import annotations
 
 from typing import Dict, List
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
 from pysv.utils.io import atomic_path
 
 
 def plot_eer_curves(histories: Dict[str, List[dict]], out_png, title: str = "Validation EER per epoch") -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for name, hist in sorted(histories.items()):
         pts = [(h["epoch"], h["valid_eer"]) for h in hist if "valid_eer" in h]

@@ -14,35 +14,30 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from pysv import losses as loss_lib
 from pysv import models as model_lib
+from pysv.backend import cosine_trial_scores
+from pysv.data.loader import build_training_data, check_sampler_fits_loss
+from pysv.embed import UtteranceReader, default_batch_seconds, embed_utterances, units_per_second
+from pysv.metrics import compute_eer
 from pysv.train import checkpoint
 from pysv.train import precision as precision_lib
 from pysv.train.config import ConfigError, save_config
 from pysv.train.distributed import DistInfo, barrier, broadcast_float
-from pysv.utils.io import DataError, atomic_write, mark_complete
+from pysv.train.optim import PER_ITERATION, build_optimizer, build_scheduler
+from pysv.train.plots import plot_eer_curves
+from pysv.utils import stage
+from pysv.utils.io import DataError, atomic_write
 
 log = logging.getLogger("pysv.train")
-
-
-def lr_multiplier(step: int, warmup: int, total: int, final_ratio: float, kind: str) -> float:
-    """Learning-rate factor at optimiser step ``step`` (0-based) of ``total``: linear warm-up from 0
-    over ``warmup`` steps, then ``warmup_exp`` (exponential from 1 to ``final_ratio`` at the last
-    step, wespeaker's ExponentialDecrease) or ``warmup_cosine`` (cosine from 1 to ``final_ratio``)."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    t = min(1.0, (step - warmup) / max(1, total - warmup - 1))
-    if kind == "warmup_exp":
-        return final_ratio ** t
-    return final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 class NonFiniteLossError(RuntimeError):
@@ -66,62 +61,11 @@ class SpeakerNet(nn.Module):
     def forward(self, x: torch.Tensor, labels: torch.Tensor):
         emb = self.__dict__.get("_compiled_encoder", self.encoder)(x)
         if self.embed_norm_scale:
-            # seed 004's reference model scales the embedding to a fixed norm before the classifier
+            # RawNet2's reference model scales the embedding to a fixed norm before the classifier
             emb = F.normalize(emb, dim=1) * self.embed_norm_scale
         value = self.loss(emb.float(), labels)
         acc = getattr(self.loss, "last_accuracy", None)
         return value, acc
-
-
-# ----------------------------------------------------------------------------------------- data
-class RelabeledSubset(Dataset):
-    """Utterances of the training speakers only, with speaker labels renumbered 0..K-1."""
-
-    def __init__(self, base: Dataset, indices: List[int], label_map: Dict[int, int]):
-        self.base, self.indices, self.label_map = base, indices, label_map
-
-    def __len__(self):
-        return len(self.indices)
-
-    def __getitem__(self, i):
-        x, y, *plan = self.base[self.indices[i]]  # plan: the augmentation plan of front_end device
-        return (x, self.label_map[int(y)], *plan)
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.base, "set_epoch"):
-            self.base.set_epoch(epoch)
-
-
-def features_dir(data_dir: str, feature: str) -> str:
-    return f"{data_dir.rstrip('/')}_{Path(feature).stem}"
-
-
-def split_validation_speakers(spk_list: List[str], num_valid: int, seed: int) -> Tuple[List[str], List[str]]:
-    """Seeded choice of held-out validation speakers (never the test speakers)."""
-    if num_valid == 0:
-        return list(spk_list), []
-    if num_valid >= len(spk_list) - 1:
-        raise ConfigError(f"config key 'data.valid_speakers': {num_valid} leaves fewer than 2 of "
-                          f"{len(spk_list)} speakers for training")
-    rng = random.Random(seed)
-    valid = sorted(rng.sample(sorted(spk_list), num_valid))
-    train = [s for s in spk_list if s not in set(valid)]
-    return train, valid
-
-
-def make_validation_trials(spk2utts: Dict[str, List[str]], max_target: int, nontarget_ratio: float,
-                           seed: int) -> List[Tuple[str, str, int]]:
-    rng = random.Random(seed)
-    target = [(a, b, 1) for utts in spk2utts.values() for i, a in enumerate(utts) for b in utts[i + 1:]]
-    if len(target) > max_target:
-        target = rng.sample(target, max_target)
-    spks = sorted(spk2utts)
-    n_non = int(round(len(target) * nontarget_ratio))
-    non = set()
-    while len(non) < n_non and len(spks) > 1:
-        s1, s2 = rng.sample(spks, 2)
-        non.add((rng.choice(spk2utts[s1]), rng.choice(spk2utts[s2]), 0))
-    return sorted(target) + sorted(non)
 
 
 # ---------------------------------------------------------------------------------------- trainer
@@ -146,35 +90,37 @@ class Trainer:
         random.seed(seed)
 
         model_name = cfg["model"]["name"]
-        if model_name not in model_lib.MODEL_NAMES:
+        if model_name not in model_lib.ENCODERS:
             raise ConfigError(f"config key 'model.name': unknown encoder {model_name!r}, "
-                              f"expected one of {model_lib.MODEL_NAMES}")
-        if cfg["loss"]["name"] not in loss_lib.LOSS_NAMES:
+                              f"expected one of {model_lib.names()}")
+        if cfg["loss"]["name"] not in loss_lib.LOSSES:
             raise ConfigError(f"config key 'loss.name': unknown loss {cfg['loss']['name']!r}, "
-                              f"expected one of {loss_lib.LOSS_NAMES}")
+                              f"expected one of {loss_lib.names()}")
         self.input_kind = model_lib.input_kind(model_name)
         if self.input_kind == "features" and not cfg["data"]["feature"]:
             raise ConfigError(f"config key 'data.feature': encoder {model_name} needs features")
-        self._check_sampler_compatible()
-        self._build_data()
+        check_sampler_fits_loss(cfg)
+        self.data = build_training_data(cfg, self.input_kind, self.dist, self.device)
+        self.num_classes = self.data.num_classes
         try:
             encoder = model_lib.build(model_name, **cfg["model"]["hparams"])
+            # config.yaml records the resolved hyper-parameters (the signatures' defaults filled in)
+            cfg["model"]["hparams"] = model_lib.resolve_hparams(model_name, cfg["model"]["hparams"])
         except (TypeError, ValueError) as e:
             raise ConfigError(f"config key 'model.hparams': {e}") from None
         try:
             loss = loss_lib.build(cfg["loss"]["name"], encoder.embed_dim, self.num_classes,
                                   **cfg["loss"]["hparams"])
+            cfg["loss"]["hparams"] = loss_lib.LOSSES.resolve_hparams(cfg["loss"]["name"], cfg["loss"]["hparams"])
         except (TypeError, ValueError) as e:
             raise ConfigError(f"config key 'loss.hparams': {e}") from None
-        if hasattr(encoder, "hparams"):  # record the resolved encoder hyper-parameters in config.yaml
-            cfg["model"]["hparams"] = dict(encoder.hparams)
         self.num_params = sum(p.numel() for p in encoder.parameters())
         net = SpeakerNet(encoder, loss, cfg["train"]["embed_norm_scale"]).to(self.device)
         if cfg["train"]["channels_last"] and getattr(encoder, "prefers_channels_last", False):
             net = net.to(memory_format=torch.channels_last)
         self.net = net
-        self.optimizer = self._build_optimizer()
-        self.scheduler = self._build_scheduler()
+        self.optimizer = build_optimizer(self.net.parameters(), cfg["optim"])
+        self.scheduler = build_scheduler(self.optimizer, cfg, len(self.data.loader))
         try:
             self.precision = precision_lib.resolve(cfg["train"]["precision"], self.device)
         except ValueError as e:
@@ -193,142 +139,10 @@ class Trainer:
         if cfg["train"]["init_from"] and self.start_epoch == 1:
             self._init_encoder(cfg["train"]["init_from"])
 
-    def _check_sampler_compatible(self) -> None:
-        cfg = self.cfg
-        need = loss_lib.sampling_requirements(cfg["loss"]["name"], **cfg["loss"]["hparams"])
-        min_per_class = need["min_per_class"] if isinstance(need, dict) else need[0]
-        kind = cfg["sampler"]["kind"]
-        if kind == "shuffle" and min_per_class > 1:
-            raise ConfigError(
-                f"config key 'sampler.kind': loss '{cfg['loss']['name']}' needs at least {min_per_class} "
-                "utterances of each speaker in a batch; use sampler.kind=balanced or mp_random, not shuffle")
-        if kind == "balanced" and cfg["sampler"]["utts_per_spk"] < min_per_class:
-            raise ConfigError(
-                f"config key 'sampler.utts_per_spk': loss '{cfg['loss']['name']}' needs at least "
-                f"{min_per_class} utterances per speaker, got {cfg['sampler']['utts_per_spk']}")
-
-    def _build_data(self) -> None:
-        from pysv.data import dataset as ds
-        from pysv.data.augment import build_augmentor, build_spec_augment
-        from pysv.data.samplers import build_sampler
-
-        cfg, dcfg = self.cfg, self.cfg["data"]
-        train_dir = dcfg["train"]
-        on_the_fly = self.input_kind == "waveform" or dcfg["on_the_fly_features"] or dcfg["augment"]
-        self.feature_extractor = None
-        self.device_front = None
-        if self.input_kind == "features":
-            from pysv import features
-            self.feature_extractor = features.build(dcfg["feature"], **(dcfg["feature_overrides"] or {}))
-        spec_aug = build_spec_augment(dcfg["spec_augment"])
-        if on_the_fly:
-            augment = build_augmentor(dcfg["augment"], train_wav_scp=str(Path(train_dir) / "wav.scp")) \
-                if dcfg["augment"] else None
-            crop_samples = dcfg["crop"] if self.input_kind == "waveform" else \
-                self._frames_to_samples(dcfg["crop"])
-            # front_end "device": the workers read waveform crops and plan their augmentation (the
-            # random draws and file reads); augmentation, features and SpecAugment run batched on
-            # the training device (device_features)
-            on_device = dcfg["front_end"] == "device"
-            fe = self.feature_extractor if self.input_kind == "features" else None
-            self.device_front = (fe, spec_aug, augment) if on_device and (fe is not None or augment) else None
-            base = ds.WaveformCropDataset(train_dir, crop_samples, augment=augment, seed=cfg["seed"],
-                                          feature_extractor=None if on_device else fe,
-                                          spec_augment=None if on_device else spec_aug,
-                                          plan_augment=on_device and augment is not None)
-            self.eval_dir = train_dir
-        else:
-            fdir = features_dir(train_dir, dcfg["feature"])
-            if not (Path(fdir) / "feats.scp").is_file():
-                raise DataError(f"missing features {fdir}/feats.scp for training set {train_dir} "
-                                f"(run stage 1 with feature {dcfg['feature']})")
-            base = ds.FeatureCropDataset(fdir, dcfg["crop"], spec_augment=spec_aug, seed=cfg["seed"])
-            self.eval_dir = fdir
-        index = base.index
-        spk_names = sorted(index.spk2label, key=lambda s: index.spk2label[s])
-        train_spk, valid_spk = split_validation_speakers(
-            spk_names, dcfg["valid_speakers"] if not dcfg["valid_trials"] else 0, cfg["seed"])
-        label_map = {index.spk2label[s]: i for i, s in enumerate(sorted(train_spk))}
-        indices = [i for i, lab in enumerate(index.labels) if lab in label_map]
-        self.train_speakers = sorted(train_spk)
-        self.num_classes = len(train_spk)
-        self.train_set = RelabeledSubset(base, indices, label_map)
-        labels = [label_map[index.labels[i]] for i in indices]
-        scfg = cfg["sampler"]
-        world = self.dist.world_size
-        if scfg["batch_size"] % world:
-            raise ConfigError(f"config key 'sampler.batch_size': {scfg['batch_size']} is not divisible "
-                              f"by the number of processes ({world})")
-        kw = dict(seed=cfg["seed"], num_replicas=world, rank=self.dist.rank,
-                  max_utts_per_spk=scfg["max_utts_per_spk"])
-        if scfg["kind"] == "balanced":
-            kw["utts_per_spk"] = scfg["utts_per_spk"]
-        elif scfg["kind"] == "shuffle":
-            kw["drop_last"] = True  # a last batch of one utterance would break batch norm
-        try:
-            # speaker ids, not label indices, so that the sampler's messages name speakers as stage 0
-            # does (label i is the i-th sorted speaker id: the same grouping and order either way)
-            self.sampler = build_sampler(scfg["kind"], [self.train_speakers[lab] for lab in labels],
-                                         scfg["batch_size"] // world, **kw)
-        except (TypeError, ValueError) as e:  # e.g. fewer speakers than a batch needs
-            raise ConfigError(f"config key 'sampler' ({scfg['kind']}, batch_size {scfg['batch_size']}, "
-                              f"{len(set(labels))} training speakers): {e}") from None
-        nw = dcfg["num_workers"]
-        self.loader = DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=nw,
-                                 pin_memory=self.device.type == "cuda", collate_fn=ds.collate,
-                                 persistent_workers=False, prefetch_factor=4 if nw > 0 else None)
-        # validation: held-out training speakers (or an explicit list); never the test speakers
-        self.valid_trials = None
-        if dcfg["valid_trials"]:
-            from pysv.utils.io import read_trials
-            vdir = dcfg["valid_data"] or self.eval_dir
-            self.valid_trials = read_trials(dcfg["valid_trials"])
-            self.valid_reader_dir = vdir
-        elif valid_spk:
-            spk2utts: Dict[str, List[str]] = {}
-            for utt, lab in zip(index.utts, index.labels):
-                s = spk_names[lab]
-                if s in valid_spk:
-                    spk2utts.setdefault(s, []).append(utt)
-            self.valid_trials = make_validation_trials(spk2utts, dcfg["valid_max_target"],
-                                                       dcfg["valid_nontarget_ratio"], cfg["seed"])
-            self.valid_reader_dir = self.eval_dir
-        self.valid_speakers = valid_spk
-
-    def _frames_to_samples(self, frames: int) -> int:
-        """Audio length whose on-the-fly features have exactly ``frames`` frames."""
-        from pysv.data.crops import frames_to_samples
-        fe = self.feature_extractor
-        return frames_to_samples(frames, fe.frame_shift, fe.frame_length, fe.snip_edges)
-
-    def _build_optimizer(self):
-        o = self.cfg["optim"]
-        params = self.net.parameters()
-        if o["name"] == "sgd":
-            return torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"],
-                                   nesterov=o["nesterov"])
-        return torch.optim.Adam(params, lr=o["lr"], weight_decay=o["weight_decay"], amsgrad=o["name"] == "amsgrad")
-
-    def _build_scheduler(self):
-        s = self.cfg["scheduler"]
-        if s["name"] == "plateau":
-            return torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="min", factor=s["factor"],
-                                                              patience=s["patience"], min_lr=s["min_lr"])
-        if s["name"] == "step":
-            return torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=s["step_size"], gamma=s["factor"])
-        if s["name"] in ("warmup_exp", "warmup_cosine"):
-            per_epoch = len(self.loader)
-            total = max(1, per_epoch * self.cfg["train"]["epochs"])
-            warm = int(round(s["warmup_epochs"] * per_epoch))
-            ratio = s["min_lr"] / self.cfg["optim"]["lr"]
-            return torch.optim.lr_scheduler.LambdaLR(
-                self.optimizer, lambda step: lr_multiplier(step, warm, total, ratio, s["name"]))
-        return None
-
     @property
     def steps_per_iteration_scheduler(self) -> bool:
         """True for the schedules stepped after every optimiser step (warm-up + decay)."""
-        return self.cfg["scheduler"]["name"] in ("warmup_exp", "warmup_cosine")
+        return self.cfg["scheduler"]["name"] in PER_ITERATION
 
     # ---- checkpoints ----------------------------------------------------------------------
     @property
@@ -336,7 +150,7 @@ class Trainer:
         return self.exp / "checkpoints"
 
     def checkpoints(self) -> List[Path]:
-        return sorted(self.ckpt_dir.glob("epoch_*.pt"))
+        return checkpoint.epoch_checkpoints(self.ckpt_dir)
 
     def _save_checkpoint(self, epoch: int) -> None:
         if not self.dist.is_main:
@@ -352,14 +166,11 @@ class Trainer:
             "history": self.history,
             "config": checkpoint.config_to_text(self.cfg),
             "num_classes": self.num_classes,
-            "train_speakers": self.train_speakers,
+            "train_speakers": self.data.train_speakers,
         }
-        checkpoint.save(state, self.ckpt_dir / f"epoch_{epoch:03d}.pt")
         keep = self.cfg["train"]["keep_checkpoints"]
-        if keep:
-            keep = max(keep, self.cfg["train"]["average_last"])
-            for old in self.checkpoints()[:-keep]:
-                old.unlink()
+        checkpoint.save_epoch(state, self.ckpt_dir, epoch,
+                              keep=max(keep, self.cfg["train"]["average_last"]) if keep else 0)
 
     def _load_latest(self) -> None:
         ckpts = self.checkpoints()
@@ -383,10 +194,9 @@ class Trainer:
 
     # ---- loop -----------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> Dict[str, float]:
-        from tqdm import tqdm
         self.ddp.train()
-        self.sampler.set_epoch(epoch)
-        self.train_set.set_epoch(epoch)
+        self.data.sampler.set_epoch(epoch)
+        self.data.train_set.set_epoch(epoch)
         tcfg = self.cfg["train"]
         dev = self.device
         loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
@@ -395,14 +205,14 @@ class Trainer:
         n_steps = 0
         n_samples = 0
         t0 = time.time()
-        bar = tqdm(self.loader, desc=f"epoch {epoch}", disable=not self.progress, unit="batch",
+        bar = tqdm(self.data.loader, desc=f"epoch {epoch}", disable=not self.progress, unit="batch",
                    dynamic_ncols=True, leave=False)
         for step, batch in enumerate(bar, 1):
             x = batch[0].to(dev, non_blocking=True)
             y = batch[1].to(dev, non_blocking=True)
             if self.cfg["train"]["margin_ramp"]:
-                self._ramp_margin(epoch - 1 + (step - 1) / len(self.loader))
-            if self.device_front is not None:
+                self._ramp_margin(epoch - 1 + (step - 1) / len(self.data.loader))
+            if self.data.device_front is not None:
                 x = self.device_features(x, epoch, batch[2] if len(batch) == 3 else None)
             loss, acc = self.train_step(x, y, epoch, step)
             loss_sum += loss.detach().double()
@@ -411,14 +221,14 @@ class Trainer:
                 n_acc += 1
             n_steps += 1
             n_samples += x.shape[0]
-            if step % tcfg["log_interval"] == 0 or step == len(self.loader):
+            if step % tcfg["log_interval"] == 0 or step == len(self.data.loader):
                 rate = n_samples * self.dist.world_size / max(time.time() - t0, 1e-9)
                 post = {"loss": f"{loss_sum.item() / n_steps:.4f}", "utt/s": f"{rate:.1f}"}
                 if n_acc:
                     post["acc"] = f"{100 * acc_sum.item() / n_acc:.1f}%"
                 bar.set_postfix(post)
                 if not self.progress and self.dist.is_main:
-                    log.info("epoch %d step %d/%d loss %s%s %s utt/s", epoch, step, len(self.loader),
+                    log.info("epoch %d step %d/%d loss %s%s %s utt/s", epoch, step, len(self.data.loader),
                              post["loss"], f" acc {post['acc']}" if n_acc else "", post["utt/s"])
         bar.close()
         if n_steps == 0:
@@ -447,7 +257,7 @@ class Trainer:
         ``plans`` (``WaveformAugmentor.apply_batch``), Kaldi features (``FeatureExtractor.batch``,
         the same definition as stage 1) and SpecAugment. Dither and masks draw from generators
         seeded by (seed, epoch), so a resumed epoch repeats them."""
-        fe, spec_aug, augment = self.device_front
+        fe, spec_aug, augment = self.data.device_front
         if plans is not None:
             waveforms = augment.apply_batch(waveforms, plans)
         if fe is None:  # a waveform encoder: augmentation only
@@ -487,23 +297,11 @@ class Trainer:
     def _init_encoder(self, path: str) -> None:
         """Fine-tuning: the encoder's weights (and BN statistics) from a trained system's
         ``final.pt`` or an epoch checkpoint; the loss and its class vectors start new, so the
-        speakers may differ. The architecture must be the same (the message names what differs)."""
-        state = checkpoint.load(path)
-        if "model" not in state:
-            raise DataError(f"{path}: no encoder weights ('model') in this checkpoint")
-        missing, unexpected = [], []
-        own = self.net.encoder.state_dict()
-        for k, v in state["model"].items():
-            if k not in own:
-                unexpected.append(k)
-            elif tuple(own[k].shape) != tuple(v.shape):
-                missing.append(f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}")
-        missing += [k for k in own if k not in state["model"]]
-        if missing or unexpected:
-            raise ConfigError(f"config key 'train.init_from': {path} holds another architecture than "
-                              f"model {self.cfg['model']['name']} with these hparams (differs: "
-                              f"{', '.join((missing + unexpected)[:5])})")
-        self.net.encoder.load_state_dict(state["model"])
+        speakers may differ."""
+        try:
+            checkpoint.load_encoder_weights(self.net.encoder, path)
+        except checkpoint.ArchitectureMismatch as e:
+            raise ConfigError(f"config key 'train.init_from': {e}") from None
         log.info("encoder initialised from %s (loss head new)", path)
 
     def _compile_encoder(self) -> None:
@@ -527,24 +325,21 @@ class Trainer:
             "train.grad_clip and resume with --resume")
 
     def validate(self) -> Optional[float]:
-        if not self.valid_trials:
+        if not self.data.valid_trials:
             return None
-        from pysv.embed import (UtteranceReader, cosine_trial_scores, default_batch_seconds, embed_utterances,
-                                units_per_second)
-        from pysv.metrics import compute_eer
         if not self.dist.is_main:
             return None
         # a feature system trained on on-the-fly features validates on features computed from audio
-        on_the_fly = self.input_kind == "features" and not Path(self.valid_reader_dir, "feats.scp").is_file()
-        reader = UtteranceReader(self.valid_reader_dir, kind="audio" if on_the_fly else self.input_kind,
-                                 feature_extractor=self.feature_extractor if on_the_fly else None)
-        utts = sorted({u for a, b, _ in self.valid_trials for u in (a, b)})
+        on_the_fly = self.input_kind == "features" and not Path(self.data.valid_reader_dir, "feats.scp").is_file()
+        reader = UtteranceReader(self.data.valid_reader_dir, kind="audio" if on_the_fly else self.input_kind,
+                                 feature_extractor=self.data.feature_extractor if on_the_fly else None)
+        utts = sorted({u for a, b, _ in self.data.valid_trials for u in (a, b)})
         emb = embed_utterances(self.net.encoder, reader, utts, self.device, mode="full",
                                progress=self.progress, desc=f"validation ({len(utts)} utterances)",
                                batch_frames=int(default_batch_seconds(self.device)
                                                 * units_per_second(self.cfg, self.input_kind)))
-        scores = cosine_trial_scores(emb, self.valid_trials)
-        labels = np.array([t[2] for t in self.valid_trials])
+        scores = cosine_trial_scores(emb, self.data.valid_trials)
+        labels = np.array([t[2] for t in self.data.valid_trials])
         eer, _ = compute_eer(scores, labels)
         return float(eer)
 
@@ -557,8 +352,8 @@ class Trainer:
             log.info("system %s: encoder %s (%.3f M parameters), loss %s, %d training speakers, "
                      "%d training utterances, %d validation speakers, %d validation trials, device %s, "
                      "%d process(es)", cfg["system"], cfg["model"]["name"], self.num_params / 1e6,
-                     cfg["loss"]["name"], self.num_classes, len(self.train_set), len(self.valid_speakers),
-                     len(self.valid_trials or []), self.device, self.dist.world_size)
+                     cfg["loss"]["name"], self.num_classes, len(self.data.train_set), len(self.data.valid_speakers),
+                     len(self.data.valid_trials or []), self.device, self.dist.world_size)
         budget = cfg["train"]["max_minutes"]
         for epoch in range(self.start_epoch, epochs + 1):
             if budget is not None and self._over_budget(budget):
@@ -609,53 +404,24 @@ class Trainer:
         return True
 
     def _finalize(self) -> None:
-        k = self.cfg["train"]["average_last"]
-        ckpts = self.checkpoints()[-k:]
+        ckpts = self.checkpoints()[-self.cfg["train"]["average_last"]:]
         if not ckpts:
             raise RuntimeError(f"no checkpoint in {self.ckpt_dir}")
-        avg = None
-        for p in ckpts:
-            sd = checkpoint.load(p)["model"]
-            if avg is None:
-                avg = {n: t.clone().double() if t.is_floating_point() else t.clone() for n, t in sd.items()}
-            else:
-                for n, t in sd.items():
-                    if t.is_floating_point():
-                        avg[n] += t.double()
-        for n, t in avg.items():
-            if t.is_floating_point():
-                avg[n] = (t / len(ckpts)).float()
-        final = {"model": avg, "config": checkpoint.config_to_text(self.cfg), "num_params": self.num_params,
-                 "averaged_epochs": [int(p.stem.split("_")[1]) for p in ckpts]}
+        final = {"model": checkpoint.average_encoder_weights(ckpts), "config": checkpoint.config_to_text(self.cfg),
+                 "num_params": self.num_params, "averaged_epochs": [checkpoint.epoch_of(p) for p in ckpts]}
         checkpoint.save(final, self.exp / "final.pt")
         with atomic_write(self.exp / "num_params") as f:
             f.write(f"{self.num_params}\n")
         with atomic_write(self.exp / "history.json") as f:
             json.dump(self.history, f, indent=1)
-        from pysv.train.plots import plot_eer_curves
         plot_eer_curves({self.cfg["system"]: self.history}, self.exp / "valid_eer.png")
-        if self.valid_speakers:
+        if self.data.valid_speakers:
             with atomic_write(self.exp / "valid_speakers") as f:
-                f.write("\n".join(self.valid_speakers) + "\n")
-        mark_complete(self.exp / ".done", f"epochs {len(self.history)}\n")
+                f.write("\n".join(self.data.valid_speakers) + "\n")
+        outputs = [self.exp / n for n in ("final.pt", "history.json", "config.yaml")]
+        stage.write(self.exp / ".done", {"system": self.cfg["system"]}, outputs, epochs=len(self.history))
         log.info("wrote %s (average of epochs %s)", self.exp / "final.pt", final["averaged_epochs"])
 
-
-def load_encoder(exp_dir, device="cpu") -> Tuple[nn.Module, Dict[str, Any]]:
-    """The trained encoder of ``exp/<system>`` (``final.pt``) in eval mode, and its config."""
-    path = Path(exp_dir) / "final.pt"
-    if not path.is_file():
-        raise DataError(f"missing trained model {path} (run stage 2 for this system)")
-    state = checkpoint.load(path)
-    cfg = checkpoint.config_from_state(state, path)
-    return encoder_from_state(state, cfg, device), cfg
-
-
-def encoder_from_state(state: Dict[str, Any], cfg: Dict[str, Any], device="cpu") -> nn.Module:
-    """The encoder of a loaded ``final.pt`` state and its config, in eval mode on ``device``."""
-    model = model_lib.build(cfg["model"]["name"], **cfg["model"]["hparams"])
-    model.load_state_dict(state["model"])
-    return model.to(device).eval()
 
 
 class _CompileOrEager(nn.Module):

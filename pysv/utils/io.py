@@ -6,6 +6,7 @@ leaves a file that looks complete.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from pathlib import Path
@@ -22,15 +23,30 @@ class DataError(ValueError):
     """Bad or missing input data; the message names the file / utterance / speaker at fault."""
 
 
-@contextlib.contextmanager
-def atomic_path(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success."""
+def temp_path(path: PathLike) -> Path:
+    """A new empty temporary file ``.<name>.<random>.tmp`` next to ``path`` (parent dirs created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    tmp = Path(tmp)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs get the usual permissions
+    return Path(tmp)
+
+
+def remove_stale_temp(path: PathLike) -> None:
+    """Remove the temporary files of ``path`` (:func:`temp_path`) that killed writes left behind."""
+    path = Path(path)
+    prefix = f".{path.name}."
+    for tmp in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        if "." not in tmp.name[len(prefix):-len(".tmp")]:  # not the temp file of a longer name
+            tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success."""
+    path = Path(path)
+    tmp = temp_path(path)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -78,14 +94,6 @@ def write_table(path: PathLike, rows: Union[Dict[str, object], Iterable[Tuple[st
             f.write(f"{key} {value}\n")
 
 
-def read_utt2spk(path: PathLike) -> Dict[str, str]:
-    return read_table(path)
-
-
-def read_spk2utt(path: PathLike) -> Dict[str, List[str]]:
-    return {k: v.split() for k, v in read_table(path).items()}
-
-
 def utt2spk_to_spk2utt(utt2spk: Dict[str, str]) -> Dict[str, List[str]]:
     spk2utt: Dict[str, List[str]] = {}
     for utt in sorted(utt2spk):
@@ -125,16 +133,6 @@ def write_trials(path: PathLike, trials: Iterable[Tuple[str, str, int]]) -> None
     with atomic_write(path, encoding="utf-8") as f:
         for a, b, lab in trials:
             f.write(f"{a} {b} {'target' if lab else 'nontarget'}\n")
-
-
-def is_complete(done_marker: PathLike) -> bool:
-    """A stage writes ``<dir>/.done`` last; its presence means outputs are complete."""
-    return Path(done_marker).is_file()
-
-
-def mark_complete(done_marker: PathLike, text: str = "") -> None:
-    with atomic_write(done_marker) as f:
-        f.write(text)
 
 
 def load_yaml(path: PathLike, error=DataError):

@@ -8,14 +8,13 @@
 # Jobs run in the background, at most --max-jobs-run at once (default: number of cores).
 # Exit status is non-zero if any job failed; the failing log files are named.
 set -u
-max_jobs=$(nproc 2>/dev/null || echo 2)
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --max-jobs-run) max_jobs=$2; shift 2 ;;
-    --mem|--gpu|--num-threads|--time|--partition) shift 2 ;;  # accepted for compatibility, ignored locally
-    *) break ;;
-  esac
-done
+max_jobs_run=$(nproc 2>/dev/null || echo 2)  # jobs running at once
+mem=           # ignored here: accepted so that one $cmd line also serves steps/launch/slurm.sh
+gpu=           # ignored here
+num_threads=   # ignored here
+time=          # ignored here
+partition=     # ignored here
+. "$(dirname "${BASH_SOURCE[0]}")/../../utils/parse_options.sh"
 if [[ $# -lt 2 ]]; then
   echo "usage: $0 [--max-jobs-run N] [JOB=1:N] <log-file> <command> ..." >&2; exit 1
 fi
@@ -37,7 +36,7 @@ for ((j = start; j <= end; j++)); do
     this_cmd=("${cmd[@]}")
   fi
   mkdir -p "$(dirname "$this_log")"
-  while [[ $(jobs -rp | wc -l) -ge $max_jobs ]]; do sleep 0.2; done
+  while [[ $(jobs -rp | wc -l) -ge $max_jobs_run ]]; do sleep 0.2; done
   (
     printf '#'; printf ' %q' "${this_cmd[@]}"; echo
     echo "# Started at $(date)"

@@ -6,18 +6,19 @@
 # Each argument is quoted (printf %q) into the job script, so the task runs the command with its
 # arguments exactly as given: text in paths or names is never executed.
 set -u
+mem=            # memory per task (sbatch --mem)
+gpu=0           # GPUs per task (sbatch --gres=gpu:N)
+num_threads=    # CPUs per task (sbatch --cpus-per-task)
+time=           # time limit per task (sbatch --time)
+partition=      # sbatch --partition
+max_jobs_run=   # tasks of the array running at once (sbatch --array=...%N)
+. "$(dirname "${BASH_SOURCE[0]}")/../../utils/parse_options.sh"
 opts=()
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --mem) opts+=(--mem="$2"); shift 2 ;;
-    --gpu) [[ "$2" != 0 ]] && opts+=(--gres="gpu:$2"); shift 2 ;;
-    --num-threads) opts+=(--cpus-per-task="$2"); shift 2 ;;
-    --time) opts+=(--time="$2"); shift 2 ;;
-    --partition) opts+=(--partition="$2"); shift 2 ;;
-    --max-jobs-run) max_run=$2; shift 2 ;;
-    *) break ;;
-  esac
-done
+[[ -n $mem ]] && opts+=(--mem="$mem")
+[[ -n $gpu && $gpu != 0 ]] && opts+=(--gres="gpu:$gpu")
+[[ -n $num_threads ]] && opts+=(--cpus-per-task="$num_threads")
+[[ -n $time ]] && opts+=(--time="$time")
+[[ -n $partition ]] && opts+=(--partition="$partition")
 command -v sbatch >/dev/null || { echo "$0: sbatch not found; select steps/launch/local.sh in cmd.sh" >&2; exit 1; }
 var=""; start=1; end=1
 if [[ "$1" =~ ^([A-Za-z_]+)=([0-9]+):([0-9]+)$ ]]; then
@@ -29,7 +30,7 @@ if [[ -n $var ]]; then
   log=${log//$var/%a}; cmd=${cmd//$var/\$\{SLURM_ARRAY_TASK_ID\}}
 fi
 mkdir -p "$(dirname "$log")"
-array="$start-$end${max_run:+%$max_run}"
+array="$start-$end${max_jobs_run:+%$max_jobs_run}"
 script=$(mktemp "$(dirname "$log")/.sbatch.XXXXXX")
 header=$(printf '%q' "# $cmd")
 cat >"$script" <<EOS

@@ -1,16 +1,21 @@
-"""Training-time augmentation: waveform (MUSAN noise / music / babble, RIR reverberation) and SpecAugment.
+"""Training-time waveform augmentation: MUSAN noise / music / babble and RIR reverberation.
 
-Waveform augmentation follows the Kaldi x-vector recipe and voxceleb_trainer's ``AugmentWAV``: each
-training crop gets at most ONE of {noise, music, babble, reverb} (or none):
+Follows the Kaldi x-vector recipe and voxceleb_trainer's ``AugmentWAV``: each training crop gets at
+most ONE of {noise, music, babble, reverb} (or none):
 
 * noise  : 1 MUSAN ``noise`` file, SNR ~ U[0, 15] dB
 * music  : 1 MUSAN ``music`` file, SNR ~ U[5, 15] dB
 * babble : 3-7 talkers, each added at its own SNR ~ U[13, 20] dB (Kaldi ``--bg-snrs 20:17:15:13
   --num-bg-noises 3:4:5:6:7``; voxceleb_trainer ``speech: [13, 20]``). Talkers come from MUSAN
   ``speech`` when the noise set has it, otherwise from utterances of OTHER training speakers
-  (``train_wav_scp``), never the target speaker.
+  (the training data dir), never the target speaker.
 * reverb : convolution with a random RIR normalised to unit energy (``rir / ||rir||``), ``fftconvolve``,
   output cut at the RIR's direct-path peak so it stays time-aligned with the input and has its length.
+
+The noise and RIR sets are the ones stage 0 prepares (``python -m pysv.bin.prepare_data musan|rirs``):
+the ``musan`` and ``rirs`` config keys name their lhotse recordings manifests
+``<data-root>/manifests/<name>_recordings.jsonl.gz``; a noise recording's category (noise, music,
+speech) is read from the supervisions manifest next to it.
 
 Noise files are read as random segments of the needed length (partial reads, wrap-repeated when
 the file is shorter). Everything random is drawn from the ``numpy.random.Generator`` the caller
@@ -21,7 +26,6 @@ Mixed output is not clipped (it is float and usually goes into features or a mod
 """
 from __future__ import annotations
 
-import csv
 import gzip
 import json
 import logging
@@ -29,42 +33,52 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import soundfile as sf
+import torch
 from scipy.signal import fftconvolve, resample_poly
 
-from pysv.utils.io import DataError, read_table
+from pysv.data.dataset import SpeakerIndex
+from pysv.data.spec_augment import enabled_section
+from pysv.utils.io import DataError
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "AudioFile",
+    "AugmentPlan",
     "WaveformAugmentor",
-    "SpecAugment",
     "mix_at_snr",
     "reverberate",
     "read_segment",
     "load_audio_list",
     "build_augmentor",
-    "build_spec_augment",
     "AUGMENT_TYPES",
 ]
 
 AUGMENT_TYPES = ("noise", "music", "babble", "reverb")
 _CATEGORIES = ("noise", "music", "speech", "babble")
-_AUDIO_EXT = (".wav", ".flac", ".ogg", ".sph", ".mp3")
 _EPS = 1e-20
 #: rows per pass of the batched (device) augmentation on a CPU
 CPU_CHUNK = 8
+#: how stage 0 names the manifests of an augmentation set (pysv.data.corpora._augment_sets)
+RECORDINGS_SUFFIX = "_recordings.jsonl.gz"
+SUPERVISIONS_SUFFIX = "_supervisions.jsonl.gz"
+PREPARE_HINT = ("stage 0 writes it: python -m pysv.bin.prepare_data musan|rirs ... -> "
+                "<data-root>/manifests/<name>_recordings.jsonl.gz")
+
+PathLike = Union[str, os.PathLike]
 
 
 # --------------------------------------------------------------------------------------------------
-# audio lists (lhotse RecordingSet manifests, Kaldi wav.scp / utt2category, folders)
+# augmentation sets (the lhotse manifests of stage 0)
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class AudioFile:
+    """One recording of an augmentation set (``category``: noise, music or speech for noise sets)."""
+
     id: str
     path: str
     category: Optional[str] = None
@@ -72,139 +86,57 @@ class AudioFile:
     sampling_rate: Optional[int] = None
 
 
-def _infer_category(rec_id: str, path: str, custom: Optional[Mapping[str, Any]] = None) -> Optional[str]:
-    """MUSAN category of a recording: custom field, then id prefix (``noise-free-sound-0001``), then folder."""
-    if custom:
-        for key in ("category", "type", "musan_category"):
-            val = custom.get(key)
-            if isinstance(val, str) and val.lower() in _CATEGORIES:
-                return val.lower()
-    tokens = rec_id.lower().replace("_", "-").replace("/", "-").split("-")
-    for tok in tokens[:2]:  # "noise-...", "musan-noise-..."
-        if tok in _CATEGORIES:
-            return tok
-    for part in reversed(Path(path).parent.parts):
-        if part.lower() in _CATEGORIES:
-            return part.lower()
-    return None
+def _json_lines(path: Path) -> Iterator[Tuple[int, Dict[str, Any]]]:
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    yield lineno, json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{lineno}: not a JSON line ({e})") from None
+    except (OSError, UnicodeDecodeError) as e:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{path}: not a gzipped lhotse manifest ({e})") from None
 
 
-def _resolve(path: str, base: Path) -> str:
-    """Absolute paths stay; relative ones are tried against the cwd (Kaldi) then the list's folder."""
-    if os.path.isabs(path) or os.path.exists(path):
-        return path
-    return str(base / path)
-
-
-def _check_plain(value: str, key: str, list_path: Path) -> str:
-    parts = value.split()
-    if len(parts) != 1 or value.rstrip().endswith("|"):
-        raise DataError(f"{list_path}: entry '{key}' is not a plain file path ({value!r}); "
-                        "pipes and extended filenames are not supported")
-    return parts[0]
-
-
-def _json_lines(path: Path):
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not a JSON line ({e})") from None
-
-
-def _sibling_categories(path: Path) -> Dict[str, str]:
-    """``custom.category`` of the supervisions next to a ``*_recordings.jsonl.gz`` (pysv prep_augment)."""
-    if "_recordings" not in path.name:
-        return {}
-    sup = path.with_name(path.name.replace("_recordings", "_supervisions"))
-    if not sup.is_file():
+def _categories(supervisions: Path) -> Dict[str, str]:
+    """``recording id -> custom.category`` of a supervisions manifest ({} when there is none)."""
+    if not supervisions.is_file():
         return {}
     cats: Dict[str, str] = {}
-    for _, d in _json_lines(sup):
+    for _, d in _json_lines(supervisions):
         cat = (d.get("custom") or {}).get("category")
         if d.get("recording_id") and isinstance(cat, str):
-            cats[d["recording_id"]] = cat
+            cats[d["recording_id"]] = cat.lower()
     return cats
 
 
-def _load_lhotse_recordings(path: Path) -> List[AudioFile]:
-    """AudioFiles of a lhotse RecordingSet, or of a CutSet (each cut's recording + custom)."""
+def load_audio_list(path: PathLike) -> List[AudioFile]:
+    """The recordings of an augmentation set prepared by stage 0, from its lhotse recordings manifest
+    ``<name>_recordings.jsonl.gz``, with the category of each (noise sets) from the supervisions
+    manifest ``<name>_supervisions.jsonl.gz`` next to it."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"augmentation set manifest {p}: no such file ({PREPARE_HINT})")
+    if not p.name.endswith(RECORDINGS_SUFFIX):
+        raise DataError(f"{p}: not the recordings manifest of an augmentation set (*{RECORDINGS_SUFFIX}; "
+                        f"{PREPARE_HINT})")
+    categories = _categories(p.with_name(p.name[:-len(RECORDINGS_SUFFIX)] + SUPERVISIONS_SUFFIX))
     out: List[AudioFile] = []
-    sib = _sibling_categories(path)
-    for lineno, d in _json_lines(path):
-        custom = dict(d.get("custom") or {})
-        if "recording" in d:  # a cut: category in the cut's custom field
-            d = d["recording"]
-        rid = d.get("id")
-        sources = d.get("sources") or []
+    for lineno, d in _json_lines(p):
+        rid, sources = d.get("id"), d.get("sources")
         if rid is None or not sources:
-            raise DataError(f"{path}:{lineno}: not a lhotse Recording or Cut (no id/sources)")
+            raise DataError(f"{p}:{lineno}: not a lhotse Recording (no id/sources)")
         src = sources[0]
         if src.get("type") != "file":
-            raise DataError(f"{path}: recording '{rid}' has a '{src.get('type')}' source; "
+            raise DataError(f"{p}: recording '{rid}' has a '{src.get('type')}' source; "
                             "only plain files are supported")
-        custom.update(d.get("custom") or {})
-        if "category" in d:
-            custom["category"] = d["category"]
-        if rid in sib and "category" not in custom:
-            custom["category"] = sib[rid]
-        file_path = _resolve(src["source"], path.parent)
-        out.append(AudioFile(rid, file_path, _infer_category(rid, file_path, custom),
-                             d.get("num_samples"), d.get("sampling_rate")))
+        out.append(AudioFile(rid, src["source"], categories.get(rid), d.get("num_samples"), d.get("sampling_rate")))
+    if not out:
+        raise DataError(f"{p}: no recordings")
     return out
-
-
-def _load_kaldi_list(list_path: Path) -> List[AudioFile]:
-    base = list_path.parent
-    table = read_table(list_path)
-    cats: Dict[str, str] = {}
-    if (base / "utt2category").is_file():
-        cats = read_table(base / "utt2category")
-    elif (base / "files.tsv").is_file():
-        with open(base / "files.tsv", encoding="utf-8") as f:
-            for row in csv.DictReader(f, delimiter="\t"):
-                if row.get("id") and row.get("category"):
-                    cats[row["id"]] = row["category"]
-    out = []
-    for key, value in table.items():
-        p = _resolve(_check_plain(value, key, list_path), base)
-        custom = {"category": cats[key]} if key in cats else None
-        out.append(AudioFile(key, p, _infer_category(key, p, custom)))
-    return out
-
-
-def load_audio_list(path: Union[str, os.PathLike]) -> List[AudioFile]:
-    """Read a list of audio files with (when it can tell) their MUSAN category.
-
-    Accepts a lhotse RecordingSet (``.jsonl``/``.jsonl.gz``; category from a ``custom.category``
-    field, the id prefix ``noise-``/``music-``/``speech-`` as in lhotse's MUSAN recipe, or the parent
-    folder name), a Kaldi ``wav.scp`` (+ ``utt2category`` next to it), a folder holding ``wav.scp`` or
-    ``wav.list`` (+ ``utt2category`` or ``files.tsv``), or a plain folder of audio files (category
-    from the folder names, e.g. ``musan/noise/...``).
-    """
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"augmentation list not found: {p}")
-    if p.is_dir():
-        for name in ("wav.scp", "wav.list"):
-            if (p / name).is_file():
-                return _load_kaldi_list(p / name)
-        files = sorted(q for q in p.rglob("*") if q.suffix.lower() in _AUDIO_EXT and q.is_file())
-        if not files:
-            raise DataError(f"no wav.scp, wav.list or audio files under {p}")
-        out = []
-        for q in files:
-            rid = str(q.relative_to(p).with_suffix("")).replace(os.sep, "-")
-            out.append(AudioFile(rid, str(q), _infer_category(rid, str(q))))
-        return out
-    if p.name.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".json")):
-        return _load_lhotse_recordings(p)
-    return _load_kaldi_list(p)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -298,34 +230,28 @@ def reverberate(x: np.ndarray, rir: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 # waveform augmentor
 # --------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
+# waveform augmentor
+# --------------------------------------------------------------------------------------------------
 class _TrainPool:
     """Utterances of the training set grouped by speaker, for babble from other speakers."""
 
-    def __init__(self, wav_scp: Union[str, os.PathLike]):
-        p = Path(wav_scp)
-        if p.is_dir():
-            p = p / "wav.scp" if (p / "wav.scp").is_file() or not (p / "wav.list").is_file() else p / "wav.list"
-        base = p.parent
-        wavs = read_table(p)
-        if not (base / "utt2spk").is_file():
-            raise DataError(f"babble from training speakers needs utt2spk next to {p}")
-        utt2spk = read_table(base / "utt2spk")
-        utts = sorted(u for u in wavs if u in utt2spk)
-        if not utts:
-            raise DataError(f"{p}: no utterance with a speaker in {base / 'utt2spk'}")
-        spks = sorted({utt2spk[u] for u in utts})
+    def __init__(self, train_data: PathLike):
+        p = Path(train_data)
+        index = SpeakerIndex(p if p.is_dir() else p.parent, source="wav", check_files=False)
+        spks = sorted(index.spk2label, key=index.spk2label.__getitem__)
         if len(spks) < 2:
-            raise DataError(f"{p}: babble from training speakers needs at least 2 speakers, found {len(spks)}")
-        self.spk2code = {s: i for i, s in enumerate(spks)}
-        codes = np.array([self.spk2code[utt2spk[u]] for u in utts], dtype=np.int64)
+            raise DataError(f"{index.scp}: babble from training speakers needs at least 2 speakers, "
+                            f"found {len(spks)}")
+        codes = np.asarray(index.labels, dtype=np.int64)
         order = np.argsort(codes, kind="stable")
-        self.paths = [_resolve(_check_plain(wavs[utts[i]], utts[i], p), base) for i in order]
+        self.spk2code = dict(index.spk2label)
+        self.paths = [_plain_path(index.entries[i], index.utts[i], index.scp) for i in order]
         self.codes = codes[order]
-        self.utts = [utts[i] for i in order]
+        self.utts = [index.utts[i] for i in order]
         self.spks = spks
-        counts = np.bincount(codes, minlength=len(spks))
-        self.counts = counts
-        self.offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        self.counts = np.bincount(codes, minlength=len(spks))
+        self.offsets = np.concatenate([[0], np.cumsum(self.counts)[:-1]])
 
     @property
     def num_speakers(self) -> int:
@@ -342,6 +268,14 @@ class _TrainPool:
             codes = codes + (codes >= ex)  # skip the target speaker's code
         within = rng.integers(0, self.counts[codes])
         return (self.offsets[codes] + within).tolist()
+
+
+def _plain_path(value: str, key: str, scp: Path) -> str:
+    parts = value.split()
+    if len(parts) != 1 or value.rstrip().endswith("|"):
+        raise DataError(f"{scp}: entry '{key}' is not a plain file path ({value!r}); "
+                        "pipes and extended filenames are not supported")
+    return parts[0]
 
 
 class WaveformAugmentor:
@@ -364,10 +298,11 @@ class WaveformAugmentor:
             raise ValueError(f"babble_source must be auto, musan or train, got {babble_source!r}")
         self.by_cat: Dict[str, List[AudioFile]] = {c: [] for c in _CATEGORIES}
         for a in noises:
-            if a.category is None:
-                raise DataError(f"cannot tell the category (noise/music/speech) of recording '{a.id}' "
-                                f"({a.path}): put it in the id prefix, a 'category' field, utt2category "
-                                "or the parent folder name")
+            if a.category not in self.by_cat:
+                found = "no category" if a.category is None else f"category {a.category!r}"
+                raise DataError(f"noise recording '{a.id}' ({a.path}) has {found}; expected one of "
+                                f"{', '.join(_CATEGORIES)} (stage 0 labels each file with its top folder "
+                                "in the supervisions manifest; prepare_data musan --categories keeps some)")
             self.by_cat[a.category].append(a)
         self.rirs = list(rirs)
         self.prob = float(prob)
@@ -496,7 +431,6 @@ class WaveformAugmentor:
         """:meth:`apply` for a batch ``x`` ``[B, n]`` (torch, any device) and one plan per row, as
         batched torch operations: additive rows at once (powers in float64, as numpy), reverberant
         rows as one batched FFT convolution (float32, as ``fftconvolve`` on float32)."""
-        import torch
         if len(plans) != x.shape[0]:
             raise ValueError(f"{len(plans)} augmentation plans for a batch of {x.shape[0]}")
         if x.device.type == "cpu" and x.shape[0] > CPU_CHUNK:  # cache-sized passes on a CPU
@@ -585,96 +519,10 @@ def _range(v, name: str) -> Tuple[float, float]:
 
 
 # --------------------------------------------------------------------------------------------------
-# SpecAugment
-# --------------------------------------------------------------------------------------------------
-class SpecAugment:
-    """Time and frequency masking on features ``[T, D]`` (or ``[B, T, D]``, masks drawn per item).
-
-    # seed 003 §4.1 "SpecAugment ... time and frequency masking" (Park et al. 2019): each of
-    # ``time_masks`` masks has width ``t ~ U{0..time_width}`` and start ``t0 ~ U{0..T-t}``; likewise
-    # ``freq_masks`` masks of width ``f ~ U{0..freq_width}`` over the D bins. Masks may overlap.
-    Masked cells take ``mask_value``: a number, or ``"mean"`` (the item's mean, which is 0 for
-    mean-normalised features as in the paper). ``prob`` = probability an item is masked at all.
-    """
-
-    def __init__(self, time_masks: int = 2, time_width: int = 10, freq_masks: int = 2, freq_width: int = 8,
-                 mask_value: Union[float, str] = "mean", prob: float = 1.0):
-        for name, v in (("time_masks", time_masks), ("time_width", time_width),
-                        ("freq_masks", freq_masks), ("freq_width", freq_width)):
-            if int(v) != v or v < 0:
-                raise ValueError(f"spec_augment {name} must be a non-negative integer, got {v!r}")
-        if not (mask_value == "mean" or isinstance(mask_value, (int, float))):
-            raise ValueError(f"spec_augment mask_value must be a number or 'mean', got {mask_value!r}")
-        if not 0.0 <= prob <= 1.0:
-            raise ValueError(f"spec_augment prob must be in [0, 1], got {prob}")
-        self.time_masks, self.time_width = int(time_masks), int(time_width)
-        self.freq_masks, self.freq_width = int(freq_masks), int(freq_width)
-        self.mask_value = mask_value
-        self.prob = float(prob)
-
-    def __repr__(self) -> str:
-        return (f"SpecAugment(time_masks={self.time_masks}, time_width={self.time_width}, "
-                f"freq_masks={self.freq_masks}, freq_width={self.freq_width}, "
-                f"mask_value={self.mask_value!r}, prob={self.prob})")
-
-    @staticmethod
-    def _band(length: int, n: int, width: int, rng: np.random.Generator, batch: int) -> np.ndarray:
-        if n == 0 or length == 0:
-            return np.zeros((batch, length), dtype=bool)
-        w = rng.integers(0, min(width, length) + 1, size=(batch, n))
-        s = rng.integers(0, length - w + 1)  # per-mask upper bound T - w (inclusive)
-        ar = np.arange(length)
-        return ((ar >= s[..., None]) & (ar < (s + w)[..., None])).any(axis=1)
-
-    def make_masks(self, num_frames: int, dim: int, rng: np.random.Generator,
-                   batch: int = 1) -> Tuple[np.ndarray, np.ndarray]:
-        """Boolean masks ``time [batch, T]`` and ``freq [batch, D]`` (True = masked)."""
-        tm = self._band(num_frames, self.time_masks, self.time_width, rng, batch)
-        fm = self._band(dim, self.freq_masks, self.freq_width, rng, batch)
-        if self.prob < 1.0:
-            keep = rng.random(batch) >= self.prob
-            tm[keep] = False
-            fm[keep] = False
-        return tm, fm
-
-    def __call__(self, feats, rng: Optional[np.random.Generator] = None):
-        """Return a masked copy of ``feats`` (torch tensor or numpy array, ``[T, D]`` or ``[B, T, D]``)."""
-        import torch
-
-        if rng is None:
-            rng = np.random.default_rng()
-        single = feats.ndim == 2
-        if feats.ndim not in (2, 3):
-            raise ValueError(f"SpecAugment expects [T, D] or [B, T, D], got shape {tuple(feats.shape)}")
-        x = feats[None] if single else feats
-        b, t, d = x.shape
-        tm, fm = self.make_masks(t, d, rng, batch=b)
-        mask = tm[:, :, None] | fm[:, None, :]
-        if isinstance(x, np.ndarray):
-            fill = x.mean(axis=(1, 2), keepdims=True) if self.mask_value == "mean" else self.mask_value
-            out = np.where(mask, fill, x).astype(x.dtype, copy=False)
-        else:
-            m = torch.from_numpy(mask).to(x.device)
-            if self.mask_value == "mean":
-                fill = x.mean(dim=(1, 2), keepdim=True).expand_as(x)
-                out = torch.where(m, fill, x)
-            else:
-                out = x.masked_fill(m, float(self.mask_value))
-        return out[0] if single else out
-
-
-# --------------------------------------------------------------------------------------------------
-# config builders
+# config builder
 # --------------------------------------------------------------------------------------------------
 AUGMENT_KEYS = ("enabled", "musan", "rirs", "prob", "types", "weights", "noise_snr", "music_snr",
                 "babble_snr", "babble_count", "babble_source", "babble_wav_scp", "sample_rate")
-SPEC_AUGMENT_KEYS = ("enabled", "time_masks", "time_width", "freq_masks", "freq_width", "mask_value", "prob")
-
-
-def _check_keys(cfg: Mapping[str, Any], allowed: Sequence[str], section: str) -> None:
-    for k in cfg:
-        if k not in allowed:
-            raise ValueError(f"unknown key '{k}' in '{section}' config (allowed: {', '.join(allowed)})")
 
 
 def build_augmentor(cfg: Optional[Mapping[str, Any]],
@@ -682,15 +530,12 @@ def build_augmentor(cfg: Optional[Mapping[str, Any]],
     """Build a :class:`WaveformAugmentor` from the ``augment:`` yaml section; None when disabled.
 
     Disabled: ``cfg`` is None / empty / False, or ``enabled: false``, or ``prob: 0``.
+    ``musan`` / ``rirs``: the recordings manifests of the sets stage 0 prepared (:func:`load_audio_list`).
     ``train_wav_scp`` (or the ``babble_wav_scp`` key, which wins) is the training ``wav.scp`` (or its
     data dir, with ``utt2spk``) used for babble when the noise set has no ``speech`` category.
     """
-    if not cfg:
-        return None
-    if not isinstance(cfg, Mapping):
-        raise ValueError(f"'augment' config must be a mapping, got {type(cfg).__name__}")
-    _check_keys(cfg, AUGMENT_KEYS, "augment")
-    if not cfg.get("enabled", True) or float(cfg.get("prob", 0.6)) == 0.0:
+    cfg = enabled_section(cfg, AUGMENT_KEYS, "augment")
+    if cfg is None or float(cfg.get("prob", 0.6)) == 0.0:
         return None
     noises = load_audio_list(cfg["musan"]) if cfg.get("musan") else []
     rirs = load_audio_list(cfg["rirs"]) if cfg.get("rirs") else []
@@ -717,17 +562,3 @@ def build_augmentor(cfg: Optional[Mapping[str, Any]],
         babble_source=babble_source, sample_rate=int(cfg.get("sample_rate", 16000)))
     log.info("%r", aug)
     return aug
-
-
-def build_spec_augment(cfg: Optional[Mapping[str, Any]]) -> Optional[SpecAugment]:
-    """Build :class:`SpecAugment` from the ``spec_augment:`` yaml section; None when disabled
-    (None / empty / False / ``enabled: false``). Unknown keys raise naming the key."""
-    if not cfg:
-        return None
-    if not isinstance(cfg, Mapping):
-        raise ValueError(f"'spec_augment' config must be a mapping, got {type(cfg).__name__}")
-    _check_keys(cfg, SPEC_AUGMENT_KEYS, "spec_augment")
-    if not cfg.get("enabled", True):
-        return None
-    kw = {k: v for k, v in cfg.items() if k != "enabled"}
-    return SpecAugment(**kw)

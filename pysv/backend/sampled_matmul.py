@@ -1,18 +1,20 @@
-"""Paired dot products ``A[ai[k]] . B[bi[k]]`` for trial lists, without materializing gathered rows.
+"""Sampled matrix product: the dot products ``A[ai[k]] . B[bi[k]]`` of a trial list, without
+materializing gathered rows.
 
 Scoring a trial list is a sampled dense-dense matrix product (SDDMM): only the ``(enroll, test)``
 entries named by the trials of ``A @ B.T`` are wanted. Gathering both rows per trial copies
 ``2 x trials x dim`` floats (2.4 GB for 580k trials of 512 dims), which dominates the time; torch's
 CPU ``sparse.sampled_addmm`` computes the sampled entries directly from the two matrices. A
-chunked numpy gather is the fallback when torch is unavailable.
+chunked numpy gather serves short lists and is the fallback where the sparse op is unsupported.
 """
 from __future__ import annotations
 
 import warnings
 
 import numpy as np
+import torch
 
-__all__ = ["paired_dot", "preload"]
+__all__ = ["paired_dot"]
 
 
 def _paired_dot_numpy(A: np.ndarray, B: np.ndarray, ai: np.ndarray, bi: np.ndarray,
@@ -24,8 +26,6 @@ def _paired_dot_numpy(A: np.ndarray, B: np.ndarray, ai: np.ndarray, bi: np.ndarr
 
 
 def _paired_dot_torch(A: np.ndarray, B: np.ndarray, ai: np.ndarray, bi: np.ndarray) -> np.ndarray:
-    import torch
-
     # canonical CSR (rows sorted, columns sorted and unique within a row): repeated trials are
     # scored once and mapped back
     key = ai * np.int64(B.shape[0]) + bi
@@ -45,20 +45,11 @@ def _paired_dot_torch(A: np.ndarray, B: np.ndarray, ai: np.ndarray, bi: np.ndarr
     return vals[inverse.ravel()].astype(np.float64)
 
 
-def preload() -> bool:
-    """Import torch now (a second or more) so that it is not counted in scoring time; returns
-    whether the torch kernel is available."""
-    try:
-        import torch  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
 def paired_dot(A, B, ai, bi, backend: str = "auto") -> np.ndarray:
     """``out[k] = A[ai[k]] . B[bi[k]]`` (float32 arithmetic for float32 inputs, float64 output).
 
-    ``backend``: ``'torch'`` (SDDMM), ``'numpy'`` (chunked gather) or ``'auto'`` (torch if it imports).
+    ``backend``: ``'torch'`` (SDDMM), ``'numpy'`` (chunked gather) or ``'auto'`` (torch from 4096
+    trials on, numpy below or where the sparse op fails).
     """
     A = np.asarray(A)
     B = np.asarray(B)
@@ -78,7 +69,7 @@ def paired_dot(A, B, ai, bi, backend: str = "auto") -> np.ndarray:
     if backend in ("auto", "torch") and ai.size >= 4096:
         try:
             return _paired_dot_torch(A, B, ai, bi)
-        except Exception:  # torch missing or sparse op unsupported: numpy fallback
+        except Exception:  # sparse op unsupported on this build: numpy fallback
             if backend == "torch":
                 raise
     return _paired_dot_numpy(A, B, ai, bi)

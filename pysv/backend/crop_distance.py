@@ -1,24 +1,23 @@
-"""Crop-based distance scoring (seed 000 §4.2, voxceleb_trainer's evaluation).
+"""Crop-distance scoring of MP-2021 §4.2, voxceleb_trainer's evaluation.
 
 Each utterance is represented by ``K`` (10) embeddings of crops covering it; a trial's score is
 minus the mean of the ``K x K`` Euclidean distances between the crops of the two utterances
-(seed 000 §4.2: "the mean of 10×10 Euclidean distances are computed as the distance
-measurement"). voxceleb_trainer L2-normalizes the crops first for the metric-learning losses
+("the mean of 10×10 Euclidean distances are computed as the distance measurement").
+voxceleb_trainer L2-normalizes the crops first for the metric-learning losses
 (``test_normalize``); ``normalize=True`` does that.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .cosine import unit_rows
+
 __all__ = ["crop_distance_score", "crop_distance_score_trials"]
 
 
 def _prep(C, normalize: bool) -> np.ndarray:
     C = np.asarray(C, dtype=np.float64)
-    if normalize:
-        n = np.linalg.norm(C, axis=-1, keepdims=True)
-        C = C / np.where(n > 0, n, 1.0)
-    return C
+    return unit_rows(C, dtype=np.float64) if normalize else C
 
 
 def _mean_dist(A: np.ndarray, B: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The built-in "mini" corpus: synthetic speakers made by source-filter voice synthesis.
+"""The audio of the built-in "mini" corpus: synthetic speakers made by source-filter voice synthesis.
 
 Generated locally and deterministically (no network), so the whole recipe can run end to end in
 minutes on a laptop. Each speaker is a small set of voice parameters drawn once from a seeded
@@ -35,11 +35,8 @@ identical for any number of worker processes.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import math
-import os
 import re
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -49,8 +46,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import soundfile as sf
 from scipy.signal import fftconvolve, lfilter, sosfilt
+from tqdm import tqdm
 
-from pysv.utils.io import DataError, atomic_path, atomic_write, is_complete, mark_complete
+from pysv.utils import stage
+from pysv.utils.io import DataError, atomic_path, atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +79,7 @@ PLOSIVES: Dict[str, Tuple[float, float, bool]] = {  # burst centre Hz, relative 
     "p": (900.0, 1.5, False), "t": (4200.0, 0.6, False), "k": (2100.0, 0.5, False),
     "b": (800.0, 1.5, True), "d": (3800.0, 0.6, True), "g": (1900.0, 0.5, True),
 }
+MARKER = ".done"
 _BLOCK = 160  # samples per vocal-tract coefficient update during formant transitions (10 ms at 16 kHz)
 
 
@@ -119,11 +119,17 @@ class MiniConfig:
     def utt_id(self, spk_index: int, utt_index: int) -> str:
         return f"{self.speaker_id(spk_index)}-utt{utt_index + 1:02d}"
 
-    def to_json(self) -> str:
+    def fingerprint(self) -> Dict[str, object]:
+        """What the generated audio depends on (the configuration and the generator's version)."""
         d = dataclasses.asdict(self)
         d["snr_range"] = list(self.snr_range)
         d["generator_version"] = GENERATOR_VERSION
-        return json.dumps(d, sort_keys=True)
+        return d
+
+    def audio_paths(self, out_dir) -> List[Path]:
+        """The files :func:`generate_mini_corpus` writes under ``out_dir/wav``."""
+        return [Path(out_dir) / "wav" / self.speaker_id(s) / f"{self.utt_id(s, u)}.{self.audio_format}"
+                for s in range(self.num_speakers) for u in range(self.utts_per_speaker)]
 
 
 GENERATOR_VERSION = 1
@@ -519,21 +525,23 @@ def generate_mini_corpus(out_dir, cfg: Optional[MiniConfig] = None, nj: int = 1,
                          progress: bool = True) -> Path:
     """Write the corpus to ``out_dir/wav/<spk>/<utt>.<fmt>`` (+ ``speakers.tsv``, ``.done``).
 
-    Skips the work if ``out_dir/.done`` records the same configuration. Returns the wav directory.
+    Skips the work if ``out_dir/.done`` (a :mod:`pysv.utils.stage` marker) records the same
+    configuration and every file is intact. Returns the wav directory.
     """
     cfg = cfg or MiniConfig()
     cfg.validate()
     out_dir = Path(out_dir)
     wav_dir = out_dir / "wav"
-    done = out_dir / ".done"
-    if not force and is_complete(done) and done.read_text() == cfg.to_json():
+    done = out_dir / MARKER
+    reason = check_generated(out_dir, cfg)
+    if not force and reason is None:
         logger.info("mini corpus already generated in %s (same configuration); skipping", out_dir)
         return wav_dir
-    if is_complete(done):
+    if done.exists():
+        logger.info("generating the mini corpus in %s again: %s", out_dir, "forced" if force else reason)
         done.unlink()  # configuration changed or forced: the old corpus is no longer complete
     if wav_dir.is_dir():  # remove generated files of an earlier, different configuration (only ours)
-        keep = {f"{cfg.utt_id(s, u)}.{cfg.audio_format}" for s in range(cfg.num_speakers)
-                for u in range(cfg.utts_per_speaker)}
+        keep = {p.name for p in cfg.audio_paths(out_dir)}
         ours = re.compile(rf"^\.?{re.escape(cfg.speaker_prefix)}\d{{3}}-utt\d{{2}}\.(flac|wav)(\..*\.tmp)?$")
         for p in wav_dir.glob("*/*"):
             if p.is_file() and p.name not in keep and ours.match(p.name):
@@ -544,7 +552,6 @@ def generate_mini_corpus(out_dir, cfg: Optional[MiniConfig] = None, nj: int = 1,
     t0 = time.time()
     jobs = [(cfg, i, str(wav_dir)) for i in range(cfg.num_speakers)]
     results = []
-    from tqdm import tqdm
     bar = tqdm(total=cfg.num_speakers, desc="mini corpus (speakers)", unit="spk",
                disable=None if progress else True)
     if nj > 1 and cfg.num_speakers > 1:
@@ -563,19 +570,15 @@ def generate_mini_corpus(out_dir, cfg: Optional[MiniConfig] = None, nj: int = 1,
         f.write("speaker\t" + "\t".join(keys) + "\n")
         for i, summary, _ in results:
             f.write(cfg.speaker_id(i) + "\t" + "\t".join(str(summary[k]) for k in keys) + "\n")
-    mark_complete(done, cfg.to_json())
     n_utts = sum(len(r[2]) for r in results)
+    stage.write(done, cfg.fingerprint(), outputs=[out_dir / "speakers.tsv", *cfg.audio_paths(out_dir)],
+                speakers=cfg.num_speakers, utterances=n_utts)
     hours = sum(d for r in results for _, _, d in r[2]) / 3600
     logger.info("generated mini corpus: %d speakers, %d utterances, %.2f h in %.1f s (%d jobs) -> %s",
                 cfg.num_speakers, n_utts, hours, time.time() - t0, nj, wav_dir)
     return wav_dir
 
 
-def audio_digest(paths: Sequence[os.PathLike]) -> str:
-    """SHA-256 over the decoded samples of ``paths`` (in the given order)."""
-    h = hashlib.sha256()
-    for p in paths:
-        x, sr = sf.read(str(p), dtype="int16")
-        h.update(str(sr).encode())
-        h.update(x.tobytes())
-    return h.hexdigest()
+def check_generated(out_dir, cfg: MiniConfig) -> Optional[str]:
+    """None when ``out_dir`` holds the complete corpus of ``cfg``, else why it does not."""
+    return stage.check(Path(out_dir) / MARKER, cfg.fingerprint())

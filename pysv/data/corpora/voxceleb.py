@@ -20,8 +20,9 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from pysv.data.prepare import (AUDIO_EXTS, FFMPEG_HINT, UNSUPPORTED_EXTS, AudioOptions, SetSpec, Trial,
-                               Utterance, make_fingerprint, raise_errors, run_sets, stage_complete)
+from pysv.data.prepare import (AudioOptions, SetSpec, Utterance, raise_errors, run_sets, scan_speaker_tree,
+                               sets_complete)
+from pysv.data.trials import Trial
 from pysv.utils.io import DataError, read_trials
 
 logger = logging.getLogger(__name__)
@@ -74,47 +75,16 @@ def find_audio_root(d, kind: str) -> Path:
                     f"{', '.join(str(c) for c in cands)}")
 
 
-def scan_vox_tree(root: Path, what: str, exclude: frozenset = frozenset()) -> List[Utterance]:
-    """Utterances under ``root/idXXXXX/<video>/<nnnnn>.{wav,flac}`` (m4a without a wav twin refused)."""
-    from tqdm import tqdm
+def _tree_utt_id(spk: str, rel: PurePosixPath) -> Optional[str]:
+    """``<video>/<nnnnn>.wav`` in the folder of ``spk`` -> ``spk-<video>-<nnnnn>`` (other depths: not ours)."""
+    return f"{spk}-{rel.parts[0]}-{rel.stem}" if len(rel.parts) == 2 else None
 
-    utts: List[Utterance] = []
-    unsupported: List[str] = []
-    errors: List[str] = []
-    seen: Dict[str, str] = {}
+
+def scan_vox_tree(root: Path, what: str, exclude: frozenset = frozenset(), progress: bool = True) -> List[Utterance]:
+    """Utterances under ``root/idXXXXX/<video>/<nnnnn>.{wav,flac}`` (m4a without a wav twin refused)."""
     speakers = sorted(e.name for e in os.scandir(root) if e.is_dir() and _SPK_RE.match(e.name))
-    for spk in tqdm(speakers, desc=f"scanning {what}", unit="spk", disable=None, mininterval=1.0):
-        if spk in exclude:
-            continue
-        for video in sorted(e.name for e in os.scandir(root / spk) if e.is_dir()):
-            vdir = root / spk / video
-            names = sorted(os.listdir(vdir))
-            stems = {os.path.splitext(n)[0] for n in names if os.path.splitext(n)[1].lower() in AUDIO_EXTS}
-            for name in names:
-                stem, ext = os.path.splitext(name)
-                ext = ext.lower()
-                if ext in UNSUPPORTED_EXTS:
-                    if stem not in stems:
-                        unsupported.append(str(vdir / name))
-                    continue
-                if ext not in AUDIO_EXTS or name.startswith("."):
-                    continue
-                utt = f"{spk}-{video}-{stem}"
-                path = os.path.abspath(vdir / name)
-                if any(c.isspace() for c in utt):
-                    errors.append(f"{path}: utterance id {utt!r} contains whitespace")
-                elif utt in seen:
-                    errors.append(f"duplicate utterance id '{utt}': {seen[utt]} and {path}")
-                else:
-                    seen[utt] = path
-                    utts.append(Utterance(utt, spk, path))
-    if unsupported:
-        errors.insert(0, f"{len(unsupported)} .m4a/AAC file(s) without a .wav twin in {root}, e.g. "
-                         f"{unsupported[0]}: soundfile cannot read AAC; {FFMPEG_HINT}")
-    raise_errors(errors, f"{what} ({root})")
-    if not utts:
-        raise DataError(f"{what}: no idXXXXX/<video>/<nnnnn>.wav files under {root}")
-    return utts
+    return scan_speaker_tree(root, [s for s in speakers if s not in exclude], _tree_utt_id, what,
+                             "idXXXXX/<video>/<nnnnn>.wav", progress)
 
 
 def read_vox_trials(path, roots: Sequence[Path]) -> Tuple[List[Trial], Dict[str, Utterance]]:
@@ -209,22 +179,22 @@ def prepare_voxceleb(data_root="data", vox1_dirs: Sequence[str] = (), vox2_dir: 
     if not train_set_name and train_corpora:
         train_set_name = train_corpora[0] if len(train_corpora) == 1 else "vox12_dev"
     set_names = ([train_set_name] if train_corpora else []) + ([test_set_name] if lists else [])
-    fp = make_fingerprint(stage="voxceleb", vox1_dirs=[os.path.abspath(d) for d in vox1_dirs],
-                          vox2_dir=os.path.abspath(vox2_dir) if vox2_dir else None,
-                          train_corpora=list(train_corpora), lists={k: os.path.abspath(v) for k, v in lists.items()},
-                          sets=set_names, audio=audio_opts.fingerprint())
-    if not force and stage_complete(data_root, set_names, fp):
-        logger.info("sets %s already prepared in %s (same configuration); skipping", ", ".join(set_names), data_root)
+    fp = dict(stage="voxceleb", vox1_dirs=[os.path.abspath(d) for d in vox1_dirs],
+              vox2_dir=os.path.abspath(vox2_dir) if vox2_dir else None,
+              train_corpora=list(train_corpora), lists={k: os.path.abspath(v) for k, v in lists.items()},
+              sets=set_names, audio=audio_opts.fingerprint())
+    if not force and sets_complete(data_root, set_names, fp):
         return [Path(data_root) / s for s in set_names]
 
     vox1_roots = [find_audio_root(d, "VoxCeleb1") for d in vox1_dirs]
     specs: List[SetSpec] = []
     train_utts: List[Utterance] = []
     if "vox2_dev" in train_corpora:
-        train_utts += scan_vox_tree(find_audio_root(vox2_dir, "VoxCeleb2"), "VoxCeleb2-dev")
+        train_utts += scan_vox_tree(find_audio_root(vox2_dir, "VoxCeleb2"), "VoxCeleb2-dev",
+                                    progress=audio_opts.progress)
     if "vox1_dev" in train_corpora:
         for r in vox1_roots:
-            train_utts += scan_vox_tree(r, "VoxCeleb1-dev", exclude=VOX1_TEST_SPEAKERS)
+            train_utts += scan_vox_tree(r, "VoxCeleb1-dev", exclude=VOX1_TEST_SPEAKERS, progress=audio_opts.progress)
     test_trials: Dict[str, List[Trial]] = {}
     test_utts: Dict[str, Utterance] = {}
     for k in ("O", "E", "H"):

@@ -1,0 +1,103 @@
+"""The back-ends of stage 5 by name: how each scores a trial list and what it reads.
+
+A back-end is one :class:`Scorer` in :data:`SCORERS`. ``python -m pysv.bin.score --backend NAME``
+loads both sides of the trials from the scorer's stage-3 ``archive``, the further inputs named in
+``reads`` (see :data:`INPUTS`), and calls ``scorer.score(sides, inputs, options)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+import numpy as np
+
+from .asnorm import asnorm_cosine_trials
+from .cosine import cosine_score_trials
+from .crop_distance import crop_distance_score_trials
+
+__all__ = ["INPUTS", "SCORERS", "Scorer", "ScoringOptions", "TrialSides"]
+
+#: inputs a scorer may read besides the two sides of the trials
+INPUTS = {
+    "train_mean": "mean of the training-set embeddings (stage 3), or stage 4's mean.vec",
+    "cohort": "training-speaker embeddings, spk_xvector.scp of the training set (stage 3)",
+    "plda": "the stage-4 back-end: mean.vec, transform.mat, plda (a PldaBackend)",
+}
+
+
+@dataclass
+class TrialSides:
+    """The embeddings of both sides of a trial list, each distinct key once, and the row of
+    each trial's sides. ``test`` is ``enroll`` itself when both come from one archive."""
+
+    enroll: np.ndarray  # [Ne, D], or [Ne, K, D] for crop archives
+    test: np.ndarray
+    enroll_idx: np.ndarray  # [trials]
+    test_idx: np.ndarray
+    num_enroll: Optional[np.ndarray] = None  # utterances averaged into each enrollment row
+
+
+@dataclass
+class ScoringOptions:
+    """Options of the scorers (``pysv.bin.score`` flags of the same names)."""
+
+    plda_length_norm: str = "kaldi"  # kaldi | simple | none, applied when the PLDA model is loaded
+    plda_smoothing: float = 0.0  # ivector-copy-plda --smoothing, applied when the model is loaded
+    crops_normalize: bool = True  # L2-normalize each crop before the distances
+    asnorm_top_n: Optional[int] = 300  # highest cohort scores per side; None: whole cohort (S-norm)
+
+
+ScoreFn = Callable[[TrialSides, Mapping[str, Any], ScoringOptions], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """A stage-5 back-end: ``score(sides, inputs, options)`` gives one score per trial."""
+
+    score: ScoreFn
+    archive: str = "xvector"  # stage-3 archive of both sides: <archive>.scp of the set
+    reads: Tuple[str, ...] = ()  # keys of INPUTS that ``score`` finds in ``inputs``
+    crops: bool = False  # each key of the archive holds a [K, D] matrix of crop embeddings
+    uses_num_enroll: bool = False  # speaker-level enrollment: needs the utterance counts
+
+
+def _cosine(sides: TrialSides, inputs, options: ScoringOptions) -> np.ndarray:
+    """Cosine similarity of the raw embeddings."""
+    return cosine_score_trials(sides.enroll, sides.test, sides.enroll_idx, sides.test_idx)
+
+
+def _cosine_mean(sides: TrialSides, inputs, options: ScoringOptions) -> np.ndarray:
+    """Cosine similarity after subtracting the training mean."""
+    return cosine_score_trials(sides.enroll, sides.test, sides.enroll_idx, sides.test_idx,
+                               mean=inputs["train_mean"])
+
+
+def _asnorm(sides: TrialSides, inputs, options: ScoringOptions) -> np.ndarray:
+    """AS-norm of the ``cosine_mean`` scores with the training speakers as cohort."""
+    return asnorm_cosine_trials(sides.enroll, sides.test, sides.enroll_idx, sides.test_idx,
+                                inputs["cohort"], top_n=options.asnorm_top_n, mean=inputs["train_mean"])
+
+
+def _crop_distance(sides: TrialSides, inputs, options: ScoringOptions) -> np.ndarray:
+    """Minus the mean of the K x K Euclidean distances between the crops of the two sides."""
+    return crop_distance_score_trials(sides.enroll, sides.test, sides.enroll_idx, sides.test_idx,
+                                      normalize=options.crops_normalize)
+
+
+def _plda(sides: TrialSides, inputs, options: ScoringOptions) -> np.ndarray:
+    """PLDA log-likelihood ratio after mean subtraction, LDA and length norm."""
+    return inputs["plda"].score_trials(sides.enroll, sides.test, sides.enroll_idx, sides.test_idx,
+                                       num_enroll=sides.num_enroll)
+
+
+#: back-end name -> scorer, in the order of the results table
+SCORERS: Dict[str, Scorer] = {
+    "cosine": Scorer(_cosine),
+    "cosine_mean": Scorer(_cosine_mean, reads=("train_mean",)),
+    "asnorm": Scorer(_asnorm, reads=("train_mean", "cohort")),
+    # MP-2021 §4.2: crop embeddings from stage 3 in crops mode
+    "crops": Scorer(_crop_distance, archive="xvector_crops", crops=True),
+    # RawNet2 §4.2: cosine of the test-time-augmented embeddings (tta mode)
+    "tta": Scorer(_cosine, archive="xvector_tta"),
+    "plda": Scorer(_plda, reads=("plda",), uses_num_enroll=True),
+}

@@ -1,0 +1,67 @@
+"""Optimisers and learning-rate schedules of the ``optim`` / ``scheduler`` config sections.
+
+:data:`OPTIMIZERS` and :data:`SCHEDULERS` are the names a config may choose. Schedules named in
+:data:`PER_ITERATION` step after every optimiser step (warm-up then decay, as wespeaker's
+``utils/schedulers.py``); ``step`` steps per epoch, ``plateau`` per epoch on the validation EER.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, Iterable, Optional
+
+import torch
+
+
+def _sgd(params, o: Dict[str, Any]):
+    return torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"],
+                           nesterov=o["nesterov"])
+
+
+def _adam(params, o: Dict[str, Any], amsgrad: bool = False):
+    return torch.optim.Adam(params, lr=o["lr"], weight_decay=o["weight_decay"], amsgrad=amsgrad)
+
+
+#: optim.name -> builder(params, optim section)
+OPTIMIZERS: Dict[str, Callable] = {
+    "sgd": _sgd,
+    "adam": _adam,
+    "amsgrad": lambda params, o: _adam(params, o, amsgrad=True),
+}
+
+#: scheduler.name choices ("none": constant learning rate)
+SCHEDULERS = ("plateau", "step", "warmup_exp", "warmup_cosine", "none")
+PER_ITERATION = ("warmup_exp", "warmup_cosine")
+
+
+def lr_multiplier(step: int, warmup: int, total: int, final_ratio: float, kind: str) -> float:
+    """Learning-rate factor at optimiser step ``step`` (0-based) of ``total``: linear warm-up from 0
+    over ``warmup`` steps, then ``warmup_exp`` (exponential from 1 to ``final_ratio`` at the last
+    step, wespeaker's ExponentialDecrease) or ``warmup_cosine`` (cosine from 1 to ``final_ratio``)."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup - 1))
+    if kind == "warmup_exp":
+        return final_ratio ** t
+    return final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], optim_cfg: Dict[str, Any]) -> torch.optim.Optimizer:
+    return OPTIMIZERS[optim_cfg["name"]](params, optim_cfg)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Dict[str, Any], steps_per_epoch: int) -> Optional[Any]:
+    """The schedule of ``cfg["scheduler"]`` (None for ``none``); per-iteration schedules span
+    ``train.epochs`` epochs of ``steps_per_epoch`` steps."""
+    s = cfg["scheduler"]
+    if s["name"] == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=s["factor"],
+                                                          patience=s["patience"], min_lr=s["min_lr"])
+    if s["name"] == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=s["step_size"], gamma=s["factor"])
+    if s["name"] in PER_ITERATION:
+        total = max(1, steps_per_epoch * cfg["train"]["epochs"])
+        warm = int(round(s["warmup_epochs"] * steps_per_epoch))
+        ratio = s["min_lr"] / cfg["optim"]["lr"]
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_multiplier(step, warm, total, ratio, s["name"]))
+    return None
