@@ -478,3 +478,17 @@ def test_schedule_and_margin_ramp_in_training(tiny_recipe, tmp_path):
         t._ramp_margin(done)
         assert t.net.loss.margin == pytest.approx(m * frac)
         assert t.net.loss.cos_m == pytest.approx(math.cos(m * frac))
+
+
+def test_validation_uses_the_trial_generator_of_stage_0(tiny_recipe, tmp_path):
+    from pysv.data.trials import TrialOptions, make_trials
+    from pysv.utils.io import read_table
+    cfg = load_config(str(REPO / "conf" / "thin_resnet34_softmax.yaml"),
+                      overrides(tiny_recipe, "data.valid_speakers=3", "data.valid_max_target=7"))
+    t = Trainer(cfg, str(tmp_path / "v"), DistInfo(), progress=False)
+    t.build()
+    utt2spk = read_table(Path(tiny_recipe["train"]) / "utt2spk")
+    spk2utt = {s: sorted(u for u, x in utt2spk.items() if x == s) for s in t.data.valid_speakers}
+    want = make_trials(spk2utt, TrialOptions(seed=cfg["seed"], max_target_trials=7, nontarget_ratio=1.0), "v")
+    assert t.data.valid_trials == want and sum(lab for *_, lab in want) == 7
+    assert not set(t.data.valid_speakers) & set(t.data.train_speakers)

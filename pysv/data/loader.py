@@ -8,6 +8,7 @@ front end that runs on the training device where ``data.front_end=device``.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -21,10 +22,13 @@ from pysv.data import dataset as ds
 from pysv.data.crops import frames_to_samples
 from pysv.data.samplers import build_sampler
 from pysv.data.spec_augment import build_spec_augment
+from pysv.data.trials import TrialOptions, make_trials
 from pysv.data.waveform_augment import build_augmentor
 from pysv.train.config import ConfigError
 from pysv.train.distributed import DistInfo
 from pysv.utils.io import DataError, read_trials
+
+log = logging.getLogger("pysv.train")
 
 
 def features_dir(data_dir: str, feature: str) -> str:
@@ -63,19 +67,17 @@ def split_validation_speakers(spk_list: List[str], num_valid: int, seed: int) ->
     return train, valid
 
 
-def make_validation_trials(spk2utts: Dict[str, List[str]], max_target: int, nontarget_ratio: float,
-                           seed: int) -> List[Tuple[str, str, int]]:
-    rng = random.Random(seed)
-    target = [(a, b, 1) for utts in spk2utts.values() for i, a in enumerate(utts) for b in utts[i + 1:]]
-    if len(target) > max_target:
-        target = rng.sample(target, max_target)
-    spks = sorted(spk2utts)
-    n_non = int(round(len(target) * nontarget_ratio))
-    non = set()
-    while len(non) < n_non and len(spks) > 1:
-        s1, s2 = rng.sample(spks, 2)
-        non.add((rng.choice(spk2utts[s1]), rng.choice(spk2utts[s2]), 0))
-    return sorted(target) + sorted(non)
+def validation_trials(spk2utts: Dict[str, List[str]], max_target: int, nontarget_ratio: float,
+                      seed: int) -> List[Tuple[str, str, int]]:
+    """Trials among the held-out validation speakers, drawn by stage 0's generator
+    (:func:`pysv.data.trials.make_trials`); speakers with a single utterance give no target pair
+    and are left out."""
+    usable = {s: u for s, u in spk2utts.items() if len(u) >= 2}
+    if len(usable) < 2:
+        log.warning("validation: fewer than 2 held-out speakers with 2 utterances; no validation EER")
+        return []
+    opts = TrialOptions(seed=seed, max_target_trials=max_target, nontarget_ratio=nontarget_ratio)
+    return make_trials(usable, opts, set_name="validation")
 
 
 @dataclasses.dataclass
@@ -172,8 +174,8 @@ def build_training_data(cfg: Dict[str, Any], input_kind: str, dist: DistInfo, de
             s = spk_names[lab]
             if s in valid_spk:
                 spk2utts.setdefault(s, []).append(utt)
-        valid_trials = make_validation_trials(spk2utts, dcfg["valid_max_target"],
-                                              dcfg["valid_nontarget_ratio"], cfg["seed"])
+        valid_trials = validation_trials(spk2utts, dcfg["valid_max_target"], dcfg["valid_nontarget_ratio"],
+                                         cfg["seed"])
         valid_reader_dir = eval_dir
     return TrainingData(train_set=train_set, sampler=sampler, loader=loader, train_speakers=train_speakers,
                         valid_speakers=valid_spk, valid_trials=valid_trials, valid_reader_dir=valid_reader_dir,

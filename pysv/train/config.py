@@ -39,7 +39,7 @@ DEFAULTS: Dict[str, Any] = {
         "valid_speakers": 8,          # training speakers held out for the per-epoch validation EER
         "valid_trials": None,         # or an explicit trial list (its utterances read from valid_data)
         "valid_data": None,           # Kaldi data dir (features dir for feature systems) for valid_trials
-        "valid_max_target": 2000,     # cap on target trials of the held-out validation speakers
+        "valid_max_target": 2000,     # cap on target trials of the held-out validation speakers (0 = all)
         "valid_nontarget_ratio": 1.0,
     },
     "model": {"name": "thin_resnet34", "hparams": {}},
