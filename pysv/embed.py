@@ -21,7 +21,7 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from pysv.data.crops import even_crops, gather_crops, sliding_crops
+from pysv.data.crop_windows import even_crops, gather_crops, sliding_crops
 from pysv.features import build as build_features
 from pysv.train import precision as precision_lib
 from pysv.utils.io import DataError, read_table

@@ -1,4 +1,4 @@
-"""Crop rules (pysv.data.crops) and the training datasets (pysv.data.dataset) on tiny generated data."""
+"""Crop rules (pysv.data.crop_windows) and the training datasets (pysv.data.dataset) on tiny generated data."""
 from __future__ import annotations
 
 import kaldiio
@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from pysv.data.crops import (crop_indices, crop_or_wrap, even_crops, frames_to_samples, gather_crops,
+from pysv.data.crop_windows import (crop_indices, crop_or_wrap, even_crops, frames_to_samples, gather_crops,
                              random_crop, sliding_crops)
 from pysv.data.dataset import FeatureCropDataset, SpeakerIndex, WaveformCropDataset, collate
 from pysv.utils.io import DataError
@@ -283,7 +283,7 @@ def test_collate_rejects_unequal_lengths():
 
 def test_on_the_fly_fbank_with_dither_is_reproducible(tmp_path):
     features = pytest.importorskip("pysv.features")
-    from pysv.data.crops import frames_to_samples
+    from pysv.data.crop_windows import frames_to_samples
 
     d, _ = make_wav_dir(tmp_path)
     fx = features.build("fbank40", dither=1.0)

@@ -29,7 +29,7 @@ import soundfile as sf
 import torch
 from torch.utils.data import Dataset
 
-from pysv.data.crops import crop_or_wrap, random_crop
+from pysv.data.crop_windows import crop_or_wrap, random_crop
 from pysv.utils.io import DataError, read_table
 
 log = logging.getLogger(__name__)
@@ -253,7 +253,7 @@ class FeatureCropDataset(_CropDatasetBase):
 
     Uncompressed float32/float64 matrices are read partially (only the crop's rows) through cached
     file handles; other entries (compressed, row ranges) go through ``kaldiio.load_mat``. Utterances
-    shorter than the crop are wrap-repeated (see :mod:`pysv.data.crops`).
+    shorter than the crop are wrap-repeated (see :mod:`pysv.data.crop_windows`).
     ``spec_augment``: a callable ``(tensor [T, D], rng) -> tensor`` such as
     :class:`pysv.data.spec_augment.SpecAugment`, applied to every crop.
     """
@@ -344,7 +344,7 @@ class WaveformCropDataset(_CropDatasetBase):
     is then ``[frames, dim]`` and ``spec_augment`` applies to it; an extractor whose call takes
     ``seed=`` (``pysv.features``) gets one from the item's stream, so dithered features are
     reproducible too. Size ``crop_samples`` with
-    :func:`pysv.data.crops.frames_to_samples` to get an exact number of frames.
+    :func:`pysv.data.crop_windows.frames_to_samples` to get an exact number of frames.
     """
 
     def __init__(self, data_dir: Union[PathLike, SpeakerIndex], crop_samples: int,

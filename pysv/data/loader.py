@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from pysv import features as features_lib
 from pysv import losses as loss_lib
 from pysv.data import dataset as ds
-from pysv.data.crops import frames_to_samples
+from pysv.data.crop_windows import frames_to_samples
 from pysv.data.samplers import build_sampler
 from pysv.data.spec_augment import build_spec_augment
 from pysv.data.trials import TrialOptions, make_trials

@@ -1,4 +1,4 @@
-"""Fixed-length crop sampling shared by training (random crops) and extraction (even / sliding crops).
+"""Fixed-length crop windows shared by training (random crops) and extraction (even / sliding crops).
 
 All functions work on a length along one axis (frames for features, samples for waveforms), so
 the same rule applies to both. Index construction is vectorized (``np.arange`` broadcasting),
