@@ -9,7 +9,7 @@
 #    or: local/prepare_folder.sh --corpus-dir DIR [--data-root DIR] [options]
 #   --name folder --test-fraction 0.2 --test-speakers FILE --test-corpus-dir DIR --seed 0
 #   --max-target-trials 0 --nontarget-ratio 1.0 --sample-rate 16000 --on-rate-mismatch refuse|resample
-#   --nj N --force --no-check-audio
+#   --nj N --force --no-check-audio --convert-audio DIR (.m4a etc. converted with ffmpeg, DIR read instead)
 # e.g. local/prepare_folder.sh --name so762 ../shared/data/so762_dev/wav data
 # The options are those of `python -m pysv.bin.prepare_data folder` (its help follows the list below);
 # one left empty takes its default there.
@@ -22,6 +22,7 @@ test_fraction=           # fraction of speakers drawn (seeded) as test speakers 
 seed=                    # seed of the speaker split and the trial sampling
 max_target_trials=       # a seeded sample of at most this many target trials (0: all)
 nontarget_ratio=         # non-target trials per target trial
+convert_audio=           # first convert .m4a etc. with ffmpeg to FLAC under this dir, then read the corpus from it
 check_audio=true         # decode every file fully (false: read the headers only)
 help_more() { python -m pysv.bin.prepare_data folder --help; }
 . "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
@@ -30,4 +31,5 @@ help_more() { python -m pysv.bin.prepare_data folder --help; }
 if [[ $# -gt 0 || -z $corpus_dir ]]; then
   echo "usage: $0 [options] <corpus-dir> [<data-root>]   (or --corpus-dir DIR --data-root DIR; see --help)" >&2; exit 1
 fi
-prepare folder corpus_dir name test_corpus_dir test_speakers test_fraction seed max_target_trials nontarget_ratio
+prepare folder corpus_dir name test_corpus_dir test_speakers test_fraction seed max_target_trials nontarget_ratio \
+  convert_audio

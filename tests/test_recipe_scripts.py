@@ -52,6 +52,7 @@ SCRIPTS = {  # script: options it must list in --help
     "local/prepare_folder.sh": ["--corpus-dir=", "--test-fraction=", "--on-rate-mismatch=", "--min-utt-duration="],
     "local/prepare_voxceleb.sh": ["--vox1-dir=()", "--trials-dir=", "--check-audio=false", "--progress=true"],
     "local/prepare_augmentation.sh": ["--musan-dir=", "--rirs-name=", "--nj="],
+    "local/prepare_kaldi.sh": ["--train-data-dir=", "--test-data-dir=", "--trials=", "--nontarget-ratio="],
 }
 
 

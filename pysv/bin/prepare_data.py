@@ -3,6 +3,7 @@
   python -m pysv.bin.prepare_data mini     [options] --data-root data
   python -m pysv.bin.prepare_data folder   --corpus-dir DIR [options] --data-root data
   python -m pysv.bin.prepare_data voxceleb --vox2-dir DIR --vox1-dir DIR --trials-dir DIR [options]
+  python -m pysv.bin.prepare_data kaldi    --train-data-dir DIR --test-data-dir DIR [--trials FILE] [options]
   python -m pysv.bin.prepare_data musan    --musan-dir DIR [options]
   python -m pysv.bin.prepare_data rirs     --rirs-dir DIR [options]
 
@@ -17,7 +18,9 @@ import re
 import sys
 from typing import List, Optional
 
+from pysv.data.convert_audio import convert_tree
 from pysv.data.corpora.folder import prepare_folder
+from pysv.data.corpora.kaldi import AUDIO_FORMATS, prepare_kaldi
 from pysv.data.corpora.mini import prepare_mini
 from pysv.data.corpora.mini_synth import MiniConfig
 from pysv.data.corpora.musan import prepare_musan
@@ -112,7 +115,7 @@ def _augment_parser(sub, corpus: str, group: str, dir_help: str, select: str, se
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m pysv.bin.prepare_data", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=OUTPUTS)
-    sub = ap.add_subparsers(dest="corpus", required=True, metavar="{mini,folder,voxceleb,musan,rirs}")
+    sub = ap.add_subparsers(dest="corpus", required=True, metavar="{mini,folder,voxceleb,kaldi,musan,rirs}")
     fmt = argparse.RawDescriptionHelpFormatter
 
     p = sub.add_parser("mini", parents=[_common(True)], formatter_class=fmt,
@@ -159,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--test-fraction", type=float, default=0.2,
                    help="fraction of speakers drawn (seeded) as test speakers when neither of the above is "
                         "given (default: 0.2; at least 2 speakers; 0 = no test set)")
+    g.add_argument("--convert-audio", metavar="DIR", default=None,
+                   help="first convert every .m4a (.aac, .mp3, .opus, ...) under --corpus-dir with ffmpeg to "
+                        "mono FLAC at --sample-rate under DIR (same relative layout; .wav/.flac files are "
+                        "linked), in --nj parallel ffmpeg processes, resumable; then read the corpus from DIR "
+                        "(a --test-corpus-dir goes to DIR_test)")
     _trial_args(p, 0)
 
     p = sub.add_parser("voxceleb", parents=[_common(False)], formatter_class=fmt,
@@ -167,8 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "from the VoxCeleb1 utterances named by the cleaned Vox1-O/E/H trial lists "
                                    "(converted to trials_O, trials_E, trials_H; 'trials' = the first of them). "
                                    "Utterance ids are idXXXXX-<video>-<nnnnn>. VoxCeleb2 ships AAC (.m4a), "
-                                   "which soundfile cannot read: convert it to wav first (docs/data.md has the "
-                                   "ffmpeg command); .m4a files are refused. Training on VoxCeleb1-dev while "
+                                   "which soundfile cannot read: pass --convert-audio DIR (ffmpeg), or convert "
+                                   "it yourself (docs/data.md); .m4a files without a .wav/.flac twin are "
+                                   "refused. Training on VoxCeleb1-dev while "
                                    "testing on Vox1-E/H is refused (speaker overlap).", epilog=OUTPUTS)
     g = p.add_argument_group("voxceleb")
     g.add_argument("--vox1-dir", action="append", default=[],
@@ -189,6 +198,33 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train-set-name", default=None,
                    help="training set name (default: vox2_dev, vox1_dev, or vox12_dev for both)")
     g.add_argument("--test-set-name", default="vox1_test", help="test set name (default: vox1_test)")
+    g.add_argument("--convert-audio", metavar="DIR", default=None,
+                   help="first convert every .m4a under --vox2-dir with ffmpeg to mono FLAC at --sample-rate "
+                        "under DIR (same relative layout, e.g. DIR/dev/aac/idXXXXX/<video>/<nnnnn>.flac), in "
+                        "--nj parallel ffmpeg processes, resumable; then read VoxCeleb2 from DIR")
+
+    p = sub.add_parser("kaldi", parents=[_common(True)], formatter_class=fmt,
+                       help="existing Kaldi data dirs (wav.scp with paths or commands, optional segments)",
+                       description="Prepare <name>_train and <name>_test from Kaldi data dirs (wav.scp, utt2spk, "
+                                   "optional segments; other files are ignored) through lhotse's Kaldi import. "
+                                   "Audio that comes from a command ('... |', run once per recording in the "
+                                   "current directory) or from a segment is written as mono files at "
+                                   "--sample-rate to <data-root>/<set>/audio/<utt>.<audio-format>, so that "
+                                   "wav.scp lists plain files; whole-recording plain files are used where they "
+                                   "are. Utterance ids must start with their speaker id (Kaldi's convention). "
+                                   "Trials: --trials, else <test-data-dir>/trials, else generated from the test "
+                                   "speakers.", epilog=OUTPUTS)
+    g = p.add_argument_group("kaldi data dirs")
+    g.add_argument("--train-data-dir", default=None, help="Kaldi data dir of the training set")
+    g.add_argument("--test-data-dir", default=None, help="Kaldi data dir of the test set")
+    g.add_argument("--trials", default=None,
+                   help="trial list of the test set ('enroll test target|nontarget' or VoxCeleb's '1 a b') "
+                        "(default: <test-data-dir>/trials if it exists, else generated)")
+    g.add_argument("--name", default="kaldi", type=set_name,
+                   help="set / corpus name: sets <name>_train, <name>_test (default: kaldi)")
+    g.add_argument("--audio-format", choices=list(AUDIO_FORMATS), default="flac",
+                   help="format of the audio written for commands and segments, 16-bit (default: flac)")
+    _trial_args(p, 0)
 
     _augment_parser(sub, "musan", "noise",
                     help="noise / music / speech for additive augmentation (MUSAN or a folder of categories)",
@@ -214,6 +250,23 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _convert(args: argparse.Namespace, audio: AudioOptions) -> None:
+    """--convert-audio DIR: convert the corpus tree(s) into DIR, which is then read instead."""
+    out = args.convert_audio.rstrip("/") or "/"
+    kw = dict(sample_rate=args.sample_rate, nj=audio.nj, progress=audio.progress)
+    if args.corpus == "folder":
+        convert_tree(args.corpus_dir, out, what="corpus", **kw)
+        args.corpus_dir = out
+        if args.test_corpus_dir:
+            convert_tree(args.test_corpus_dir, out + "_test", what="test corpus", **kw)
+            args.test_corpus_dir = out + "_test"
+    elif args.corpus == "voxceleb":
+        if not args.vox2_dir:
+            raise DataError("--convert-audio converts --vox2-dir, which was not given")
+        convert_tree(args.vox2_dir, out, what="VoxCeleb2", **kw)
+        args.vox2_dir = out
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_file)
@@ -222,6 +275,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                          min_duration=args.min_utt_duration)
     logger.info("preparing %s: %s", args.corpus, " ".join(sys.argv[1:]) if argv is None else " ".join(argv))
     try:
+        if getattr(args, "convert_audio", None):
+            _convert(args, audio)
         if args.corpus == "mini":
             cfg = MiniConfig(num_speakers=args.num_speakers, utts_per_speaker=args.utts_per_speaker,
                              min_duration=args.min_duration, max_duration=args.max_duration,
@@ -239,6 +294,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             prepare_voxceleb(args.data_root, args.vox1_dir, args.vox2_dir, args.train_corpora,
                              {"O": args.vox1_o, "E": args.vox1_e, "H": args.vox1_h}, args.trials_dir,
                              args.train_set_name, args.test_set_name, audio, force=args.force)
+        elif args.corpus == "kaldi":
+            prepare_kaldi(args.train_data_dir, args.test_data_dir, args.data_root, args.name, args.trials,
+                          TrialOptions(args.seed, args.max_target_trials, args.nontarget_ratio), audio,
+                          audio_format=args.audio_format, force=args.force)
         elif args.corpus == "musan":
             prepare_musan(args.musan_dir, args.data_root, args.name, args.categories, audio, force=args.force)
         elif args.corpus == "rirs":

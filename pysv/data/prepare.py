@@ -44,7 +44,8 @@ AUDIO_EXTS = (".wav", ".flac")
 # Formats soundfile (libsndfile) cannot read, or that we do not accept as corpus audio.
 UNSUPPORTED_EXTS = (".m4a", ".aac", ".mp4", ".mp3", ".opus", ".webm", ".sph", ".wma")
 FFMPEG_HINT = (
-    "convert the audio to 16 kHz mono WAV first, e.g.\n"
+    "pass --convert-audio DIR (folder and voxceleb corpora: ffmpeg converts them to mono FLAC under DIR, "
+    "in parallel and resumably, and DIR is read instead), or convert the audio to 16 kHz mono WAV first, e.g.\n"
     "  find DIR -name '*.m4a' | while read -r f; do "
     "ffmpeg -nostdin -loglevel error -y -i \"$f\" -ac 1 -ar 16000 -c:a pcm_s16le \"${f%.m4a}.wav\"; done\n"
     "(see docs/data.md for a parallel version that writes to a separate wav/ tree)")
