@@ -19,15 +19,19 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 
 stage=0
 stop_stage=5
-corpus=mini               # mini | folder | voxceleb
+corpus=mini               # mini | folder | voxceleb | kaldi
 corpus_dir=               # folder: <speaker>/<utt>.{wav,flac}
 test_corpus_dir=          # folder: separate test directory (else a speaker-disjoint split)
 test_fraction=0.2         # folder: fraction of speakers held out for testing
-name=                     # folder: set-name prefix (default: folder)
-nontarget_ratio=1.0       # folder: non-target trials per target trial
+name=                     # folder, kaldi: set-name prefix (default: the corpus name)
+nontarget_ratio=1.0       # folder, kaldi: non-target trials per target trial (generated trials)
 vox1_dir=                 # voxceleb: VoxCeleb1 root (wav/idXXXXX/...)
 vox2_dir=                 # voxceleb: VoxCeleb2 root (dev/aac or dev/wav)
 vox_trials_dir=           # voxceleb: folder with veri_test2.txt list_test_all2.txt list_test_hard2.txt
+convert_audio=            # folder, voxceleb: convert .m4a (VoxCeleb2's AAC) etc. with ffmpeg to FLAC under this dir first
+train_data_dir=           # kaldi: Kaldi data dir of the training set (wav.scp with paths or commands, segments)
+test_data_dir=            # kaldi: Kaldi data dir of the test set
+trials=                   # kaldi: trial list of the test set (default: <test-data-dir>/trials, else generated)
 musan_dir=                # optional: MUSAN root, for training augmentation
 rirs_dir=                 # optional: RIRS_NOISES root, for training augmentation
 systems=default           # default | paper | all | list of conf/<system>.yaml names
@@ -41,9 +45,11 @@ extract_precision=fp32    # stage 3 forward pass: fp32 (exact) | bf16 | auto (fa
 exp=exp                   # experiment root: exp/<system>/
 force=false               # true: redo stages 0, 1, 3, 4, 5 even where their outputs are complete
 overwrite=false           # true: retrain the selected systems from scratch (stage 2 deletes exp/<system>)
-on_rate_mismatch=refuse   # folder corpus: audio at another sample rate: refuse | resample
+on_rate_mismatch=refuse   # folder, kaldi corpora: audio at another sample rate: refuse | resample
 min_utt_duration=0.5      # stage 0: shorter utterances are left out (listed in data/<set>/short_utts)
 skip_missing=false        # true: stage 5 skips (and counts) trials naming utterances without embeddings
+calibrate=true            # stage 5: calibrate scores to LLRs on the held-out training speakers (pysv.bin.calibrate)
+calibration_far=          # stage 5: decision threshold at this false-accept rate (default: the EER point)
 
 . ./utils/parse_options.sh
 
@@ -67,7 +73,11 @@ case $corpus in
             profile="train.epochs=30 sampler.batch_size=64 data.valid_speakers=10 data.num_workers=1" ;;
   voxceleb) train_set=vox2_dev; test_set=vox1_test; trial_lists="trials_O trials_E trials_H"
             profile="" ;;
-  *) echo "run.sh: unknown --corpus $corpus (mini|folder|voxceleb)" >&2; exit 1 ;;
+  kaldi)    [[ -n $train_data_dir && -n $test_data_dir ]] \
+              || { echo "run.sh: --corpus kaldi needs --train-data-dir and --test-data-dir" >&2; exit 1; }
+            name=${name:-kaldi}; train_set=${name}_train; test_set=${name}_test; trial_lists="trials"
+            profile="train.epochs=30 sampler.batch_size=64 data.valid_speakers=10 data.num_workers=1" ;;
+  *) echo "run.sh: unknown --corpus $corpus (mini|folder|voxceleb|kaldi)" >&2; exit 1 ;;
 esac
 system_list=$(python -m pysv.bin.systems list $systems)
 log "corpus $corpus: train $train_set, test $test_set; systems: $(echo $system_list)"
@@ -79,10 +89,15 @@ if [[ $stage -le 0 && $stop_stage -ge 0 ]]; then
     folder)   local/prepare_folder.sh --data-root data --name "$name" --corpus-dir "$corpus_dir" \
                 ${test_corpus_dir:+--test-corpus-dir "$test_corpus_dir"} --test-fraction "$test_fraction" \
                 --nontarget-ratio "$nontarget_ratio" --on-rate-mismatch "$on_rate_mismatch" \
+                ${convert_audio:+--convert-audio "$convert_audio" --nj "$nj"} \
                 --min-utt-duration "$min_utt_duration" $force_flag ;;
     voxceleb) local/prepare_voxceleb.sh --data-root data --vox1-dir "$vox1_dir" \
                 ${vox2_dir:+--vox2-dir "$vox2_dir"} --trials-dir "$vox_trials_dir" \
+                ${convert_audio:+--convert-audio "$convert_audio" --nj "$nj"} \
                 --min-utt-duration "$min_utt_duration" $force_flag ;;
+    kaldi)    local/prepare_kaldi.sh --data-root data --name "$name" --train-data-dir "$train_data_dir" \
+                --test-data-dir "$test_data_dir" ${trials:+--trials "$trials"} --nontarget-ratio "$nontarget_ratio" \
+                --on-rate-mismatch "$on_rate_mismatch" --min-utt-duration "$min_utt_duration" $force_flag ;;
   esac
   if [[ -n $musan_dir || -n $rirs_dir ]]; then
     local/prepare_augmentation.sh --data-root data ${musan_dir:+--musan-dir "$musan_dir"} ${rirs_dir:+--rirs-dir "$rirs_dir"}
@@ -93,9 +108,12 @@ if [[ $stage -le 1 && $stop_stage -ge 1 ]]; then
   log "stage 1: features"
   feats=$(for s in $system_list; do python -m pysv.bin.systems get "$s" data.feature; done | sort -u | grep -v '^$' || true)
   for feat in $feats; do
-    for set in $train_set $test_set; do
-      steps/make_features.sh --nj "$nj" --cmd "$cpu_cmd" --force "$force" "$feat" "data/$set" "data/${set}_$(basename "$feat" .yaml)"
-    done
+    steps/make_features.sh --nj "$nj" --cmd "$cpu_cmd" --force "$force" "$feat" "data/$train_set" \
+      "data/${train_set}_$(basename "$feat" .yaml)"
+    # the sets a system is tested on: no dither, so that the features (and stage 3's embeddings) are
+    # those `pysv.load(...).embed` computes for the same audio
+    steps/make_features.sh --nj "$nj" --cmd "$cpu_cmd" --force "$force" "$feat" "data/$test_set" \
+      "data/${test_set}_$(basename "$feat" .yaml)" dither=0
   done
 fi
 
@@ -152,8 +170,15 @@ if [[ $stage -le 4 && $stop_stage -ge 4 ]]; then
   dim=$(( lda_dim < nspk - 1 ? lda_dim : nspk - 1 ))
   [[ $dim -lt $lda_dim ]] && log "LDA dimension capped at $dim (training set has $nspk speakers)"
   for sys in $system_list; do
+    # with calibration, the held-out validation speakers (stage 5's development trials) stay out of LDA/PLDA
+    exclude=(); sys_dim=$dim
+    if [[ $calibrate == true && -f $exp/$sys/valid_speakers ]]; then
+      exclude=(--exclude-speakers "$exp/$sys/valid_speakers")
+      nfit=$(( nspk - $(wc -l < "$exp/$sys/valid_speakers") ))
+      [[ $sys_dim -ge $nfit ]] && sys_dim=$(( nfit - 1 ))
+    fi
     python -m pysv.bin.backend --exp "$exp/$sys" --train-set "$train_set" \
-      --utt2spk "data/$train_set/utt2spk" --lda-dim "$dim" $force_flag
+      --utt2spk "data/$train_set/utt2spk" --lda-dim "$sys_dim" ${exclude[@]+"${exclude[@]}"} $force_flag
   done
 fi
 
@@ -161,6 +186,11 @@ if [[ $stage -le 5 && $stop_stage -ge 5 ]]; then
   log "stage 5: scoring"
   skip_missing_flag=; [[ $skip_missing == true ]] && skip_missing_flag=--skip-missing
   for sys in $system_list; do
+    # calibration (score -> LLR) and the decision threshold, on trials of the held-out training speakers
+    if [[ $calibrate == true && -f $exp/$sys/valid_speakers ]]; then
+      python -m pysv.bin.calibrate --exp "$exp/$sys" --train-set "$train_set" --utt2spk "data/$train_set/utt2spk" \
+        --backends "$backends" ${calibration_far:+--far "$calibration_far"} $force_flag
+    fi
     mode=$(protocol "$sys")
     sys_backends=$backends
     [[ $mode != full && " $backends " != *" $mode "* ]] && sys_backends="$backends $mode"

@@ -1,3 +1,13 @@
-"""pysv: a speaker-verification toolkit shaped as a Kaldi-style recipe with Python stages."""
+"""pysv: a speaker-verification toolkit shaped as a Kaldi-style recipe with Python stages.
+
+``pysv.load(path)`` opens a trained system (``exp/<system>`` or an exported bundle) for embedding,
+scoring and verification (:mod:`pysv.inference`).
+"""
 
 __version__ = "0.1.0"
+
+
+def load(path, device: str = "cpu"):
+    """The trained system at ``path``: a :class:`pysv.inference.SpeakerModel`."""
+    from pysv.inference import load as _load  # deferred: `import pysv.<module>` stays light (no torch)
+    return _load(path, device=device)

@@ -17,16 +17,31 @@ from typing import Callable, Dict, Iterable, List, Optional
 
 import kaldiio
 import numpy as np
-import soundfile as sf
 import torch
 from tqdm import tqdm
 
 from pysv.data.crop_windows import even_crops, gather_crops, sliding_crops
 from pysv.features import build as build_features
 from pysv.train import precision as precision_lib
-from pysv.utils.io import DataError, read_table
+from pysv.utils.io import DataError, read_audio, read_table
 
 MODES = ("full", "crops", "tta")
+
+
+def archive_name(mode: str) -> str:
+    """Base name of the embedding archive of ``mode`` (full: ``xvector``, else ``xvector_<mode>``)."""
+    return "xvector" if mode == "full" else f"xvector_{mode}"
+
+
+def resolve_protocol(cfg: dict, mode=None, crop_len=None, num_crops=None, overlap=None) -> dict:
+    """The test protocol: explicit arguments over the config's ``extract:`` block (crop null =
+    the training crop ``data.crop``); ``mode`` None = the config's mode."""
+    ex = cfg.get("extract") or {}
+    mode = ex.get("mode", "full") if mode is None else mode
+    return {"mode": mode,
+            "crop_len": int(crop_len or ex.get("crop") or cfg["data"]["crop"]),
+            "num_crops": int(num_crops or ex.get("num_crops", 10)),
+            "overlap": float(ex.get("overlap", 0.2) if overlap is None else overlap)}
 
 
 class UtteranceReader:
@@ -67,13 +82,11 @@ class UtteranceReader:
             except Exception as e:  # missing or truncated ark
                 raise DataError(f"cannot read features of utterance '{utt}' ({self.table[utt]}): {e}") from e
         path = self.table[utt]
-        try:
-            samples, sr = sf.read(path, dtype="float32", always_2d=True)
-        except Exception as e:
-            raise DataError(f"cannot read audio of utterance '{utt}' ({path}): {e}") from e
+        samples, sr = read_audio(path, utt)
         if sr != self.sample_rate:
             raise DataError(f"utterance '{utt}' ({path}) has sample rate {sr}, expected {self.sample_rate}")
-        samples = samples[:, 0]
+        if samples.ndim == 2:
+            samples = samples[:, 0]
         if self.extractor is not None:
             return np.asarray(self.extractor(samples, sr), dtype=np.float32)
         return samples

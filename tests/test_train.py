@@ -107,7 +107,7 @@ def test_train_smoke_and_extract(tiny_recipe, tmp_path):
     assert sorted(tta) == utts and np.asarray(tta[utts[0]]).shape == (512,)
     assert (emb_dir / "xvector.ark").read_bytes() == full_ark
     assert not np.allclose(np.asarray(tta[utts[0]]), emb[utts[0]])
-    from pysv.bin.extract import resolve_protocol
+    from pysv.embed import resolve_protocol
     cfg = load_config(str(exp / "config.yaml"))
     assert resolve_protocol(cfg) == {"mode": "crops", "crop_len": 50, "num_crops": 3, "overlap": 0.2}
     assert resolve_protocol(cfg, "tta", crop_len=70)["crop_len"] == 70

@@ -7,15 +7,21 @@ loads both sides of the trials from the scorer's stage-3 ``archive``, the furthe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
+
+from pysv.utils.io import DataError
 
 from .asnorm import asnorm_cosine_trials
 from .cosine import cosine_score_trials
 from .crop_distance import crop_distance_score_trials
+from .kaldi_io import load_crops, load_embeddings, read_kaldi_vector
+from .pipeline import BACKEND_FILES, PldaBackend
 
-__all__ = ["INPUTS", "SCORERS", "Scorer", "ScoringOptions", "TrialSides"]
+__all__ = ["INPUTS", "SCORERS", "Scorer", "ScoringOptions", "TrialSides", "input_files", "load_input",
+           "load_vectors"]
 
 #: inputs a scorer may read besides the two sides of the trials
 INPUTS = {
@@ -101,3 +107,57 @@ SCORERS: Dict[str, Scorer] = {
     "tta": Scorer(_cosine, archive="xvector_tta"),
     "plda": Scorer(_plda, reads=("plda",), uses_num_enroll=True),
 }
+
+
+# ------------------------------------------------------------------ the inputs, from an exp dir
+def load_vectors(scp: Path, what: str, crops: bool = False):
+    """``(keys, array)`` of a stage-3 archive (``[N, D]``, or ``[N, K, D]`` for crop archives)."""
+    if not Path(scp).is_file():
+        raise DataError(f"missing {what}: {scp} (run stage 3, embedding extraction, for this set and protocol)")
+    return load_crops(scp) if crops else load_embeddings(scp, what=what)
+
+
+def input_files(name: str, backend: str, exp: Path, train_set: Optional[str]) -> List[Path]:
+    """The files behind input ``name`` (a key of :data:`INPUTS`) in ``exp/<system>``."""
+    exp = Path(exp)
+    if name == "train_mean":
+        if train_set:
+            return [exp / "embeddings" / train_set / "xvector.scp"]
+        if (exp / "backend" / "mean.vec").is_file():
+            return [exp / "backend" / "mean.vec"]
+        raise DataError(f"--backend {backend} needs --train-set or {exp / 'backend' / 'mean.vec'} (stage 4)")
+    if name == "cohort":
+        if not train_set:
+            raise DataError(f"--backend {backend} needs --train-set (its speakers are the cohort)")
+        return [exp / "embeddings" / train_set / "spk_xvector.scp"]
+    if name == "plda":
+        return [exp / "backend" / f for f in BACKEND_FILES]
+    raise ValueError(f"unknown scorer input '{name}'")
+
+
+def load_input(name: str, files: List[Path], dim: int, options: ScoringOptions) -> Any:
+    """Input ``name`` read from ``files``, checked against the embedding dimension ``dim``."""
+    if name == "train_mean":
+        f = files[0]
+        if f.suffix == ".scp":
+            mean = load_vectors(f, "training embeddings")[1].mean(axis=0, dtype=np.float64)
+        else:
+            mean = read_kaldi_vector(f)
+        if mean.size != dim:
+            raise DataError(f"training mean has dimension {mean.size}, embeddings {dim}")
+        return mean
+    if name == "cohort":
+        if not files[0].is_file():
+            raise DataError(f"missing cohort: {files[0]} (stage 3 writes it with the embeddings of the training set)")
+        _, cohort = load_embeddings(files[0], what="cohort speaker embedding")
+        if cohort.shape[1] != dim:
+            raise DataError(f"cohort dimension {cohort.shape[1]} differs from the embeddings' {dim}")
+        return cohort
+    if name == "plda":
+        be = PldaBackend.load(files[0].parent, plda_length_norm=options.plda_length_norm,
+                              smoothing=options.plda_smoothing)
+        if be.mean.mean_.size != dim:
+            raise DataError(f"back-end in {files[0].parent} expects dimension {be.mean.mean_.size}, "
+                            f"embeddings have {dim}")
+        return be
+    raise ValueError(f"unknown scorer input '{name}'")

@@ -50,9 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ivector-compute-lda --covariance-floor, relative to the largest eigenvalue (default 1e-6)")
     p.add_argument("--binary", type=str2bool, default=True,
                    help="write Kaldi binary (true, default) or text (false) model files")
+    p.add_argument("--exclude-speakers", default=None,
+                   help="file listing training speakers to leave out (e.g. exp/<system>/valid_speakers, "
+                        "whose trials calibrate the scores in stage 5)")
     p.add_argument("--force", action="store_true", help="re-fit even if the back-end is complete")
     p.add_argument("--log-file", default=None, help="also log to this file (default: exp/<system>/backend/backend.log)")
     return p
+
+
+def _missing(path: str):
+    raise DataError(f"--exclude-speakers: missing file {path}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,8 +82,12 @@ def run(args: argparse.Namespace) -> int:
         "num_em_iters": args.num_em_iters, "total_covariance_factor": args.total_covariance_factor,
         "covariance_floor": args.covariance_floor, "binary": args.binary,
     }
+    excluded = set()
+    if args.exclude_speakers:
+        excluded = set(Path(args.exclude_speakers).read_text().split()) if Path(args.exclude_speakers).is_file() \
+            else _missing(args.exclude_speakers)
     fingerprint = {"options": options, "embeddings": archive_signature(scp),
-                   "utt2spk": stage.file_signature(utt2spk_path)}
+                   "utt2spk": stage.file_signature(utt2spk_path), "excluded_speakers": sorted(excluded)}
     if not args.force:
         reason = stage.check(done, fingerprint)
         if reason is None:
@@ -87,8 +98,8 @@ def run(args: argparse.Namespace) -> int:
 
     utt2spk = read_table(utt2spk_path)
     keys, X = load_embeddings(scp)
-    keep = [i for i, k in enumerate(keys) if k in utt2spk]
-    n_no_spk = len(keys) - len(keep)
+    keep = [i for i, k in enumerate(keys) if k in utt2spk and utt2spk[k] not in excluded]
+    n_no_spk = sum(k not in utt2spk for k in keys)
     if n_no_spk:
         missing = [k for k in keys if k not in utt2spk][:3]
         log.warning("%d of %d training embeddings have no entry in %s (e.g. %s); skipping them",
@@ -101,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
     X = X[keep]
     labels = np.array([utt2spk[keys[i]] for i in keep])
     n_spk = np.unique(labels).size
-    log.info("training the back-end on %d utterances of %d speakers, dim %d", X.shape[0], n_spk, X.shape[1])
+    log.info("training the back-end on %d utterances of %d speakers (%d left out), dim %d", X.shape[0], n_spk,
+             len(excluded), X.shape[1])
     if args.lda_dim > X.shape[1]:
         raise DataError(f"--lda-dim {args.lda_dim} exceeds the embedding dimension {X.shape[1]}; "
                         f"use --lda-dim {X.shape[1]} or less")

@@ -26,25 +26,10 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from pysv.embed import archive_name, resolve_protocol
 from pysv.utils import stage
 
 log = logging.getLogger("pysv.extract")
-
-
-def out_name(mode: str) -> str:
-    """Base name of the embedding archive of ``mode`` (full: ``xvector``, else ``xvector_<mode>``)."""
-    return "xvector" if mode == "full" else f"xvector_{mode}"
-
-
-def resolve_protocol(cfg: dict, mode=None, crop_len=None, num_crops=None, overlap=None) -> dict:
-    """The test protocol: explicit arguments over the config's ``extract:`` block (crop null =
-    the training crop ``data.crop``); ``mode`` None = the config's mode."""
-    ex = cfg.get("extract") or {}
-    mode = ex.get("mode", "full") if mode is None else mode
-    return {"mode": mode,
-            "crop_len": int(crop_len or ex.get("crop") or cfg["data"]["crop"]),
-            "num_crops": int(num_crops or ex.get("num_crops", 10)),
-            "overlap": float(ex.get("overlap", 0.2) if overlap is None else overlap)}
 
 
 def main(argv=None) -> int:
@@ -109,7 +94,7 @@ class Job:
         from pysv.data.loader import features_dir
         self.exp, self.data, self.cfg, self.proto = exp, data, cfg, proto
         self.mode = proto["mode"]
-        self.name = out_name(self.mode)
+        self.name = archive_name(self.mode)
         self.out = exp / "embeddings" / data.name
         self.done = self.out / f".done_{self.name}"
         self.split = self.out / f"split_{self.name}"

@@ -35,7 +35,7 @@ import yaml
 
 from pysv.features import FeatureExtractor, config_to_yaml, feature_dim, load_config, resolve_config
 from pysv.utils import stage
-from pysv.utils.io import DataError, atomic_path, atomic_write, read_table
+from pysv.utils.io import DataError, atomic_path, atomic_write, read_audio, read_table
 
 log = logging.getLogger("pysv.make_features")
 
@@ -118,25 +118,13 @@ def discard_stale(data: Path, out: Path, cfg: Dict[str, Any], items: Sequence[Tu
 # Audio
 # ------------------------------------------------------------------------------------------------
 
-def read_audio(utt: str, path: str) -> Tuple[np.ndarray, int]:
-    """float32 samples ``[n]`` (mono) or ``[n, channels]`` and the sample rate, via soundfile."""
-    import soundfile as sf
-    if not os.path.isfile(path):
-        raise DataError(f"utterance '{utt}': audio file missing: {path}")
-    try:
-        x, sr = sf.read(path, dtype="float32", always_2d=True)
-    except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / TypeError on bad files
-        raise DataError(f"utterance '{utt}': cannot read audio {path}: {e}") from None
-    return (x[:, 0] if x.shape[1] == 1 else x), int(sr)
-
-
 def utt_seed(utt: str, base_seed: int) -> int:
     """Dither seed of one utterance: independent of --nj and of the order jobs run in."""
     return (zlib.crc32(utt.encode("utf-8")) + (int(base_seed) << 32)) % (1 << 63)
 
 
 def extract_utterance(ext: "FeatureExtractor", utt: str, path: str) -> np.ndarray:
-    x, sr = read_audio(utt, path)
+    x, sr = read_audio(path, utt)
     try:
         feats = ext(x, sr, seed=utt_seed(utt, ext.config["dither_seed"]))
     except DataError as e:

@@ -93,68 +93,11 @@ def default_trials_name(trials: Path, test_set: str) -> str:
 
 
 # --------------------------------------------------------------------------- inputs of the scorers
-def _input_files(name: str, args: argparse.Namespace, exp: Path) -> List[Path]:
-    """The files behind input ``name`` (a key of pysv.backend.INPUTS) for these options."""
-    from pysv.backend import BACKEND_FILES
-
-    if name == "train_mean":
-        if args.train_set:
-            return [exp / "embeddings" / args.train_set / "xvector.scp"]
-        if (exp / "backend" / "mean.vec").is_file():
-            return [exp / "backend" / "mean.vec"]
-        raise DataError(f"--backend {args.backend} needs --train-set or {exp / 'backend' / 'mean.vec'} (stage 4)")
-    if name == "cohort":
-        if not args.train_set:
-            raise DataError(f"--backend {args.backend} needs --train-set (its speakers are the cohort)")
-        return [exp / "embeddings" / args.train_set / "spk_xvector.scp"]
-    if name == "plda":
-        return [exp / "backend" / f for f in BACKEND_FILES]
-    raise ValueError(f"unknown scorer input '{name}'")
-
-
-def _load_input(name: str, files: List[Path], args: argparse.Namespace, dim: int) -> Any:
-    """Input ``name`` read from ``files``, checked against the embedding dimension ``dim``."""
-    from pysv.backend import PldaBackend, load_embeddings, read_kaldi_vector
-
-    if name == "train_mean":
-        f = files[0]
-        if f.suffix == ".scp":
-            mean = _load_vectors(f, "training embeddings")[1].mean(axis=0, dtype=np.float64)
-        else:
-            mean = read_kaldi_vector(f)
-        if mean.size != dim:
-            raise DataError(f"training mean has dimension {mean.size}, embeddings {dim}")
-        return mean
-    if name == "cohort":
-        if not files[0].is_file():
-            raise DataError(f"missing cohort: {files[0]} (stage 3 writes it with the embeddings of the training set)")
-        _, cohort = load_embeddings(files[0], what="cohort speaker embedding")
-        if cohort.shape[1] != dim:
-            raise DataError(f"cohort dimension {cohort.shape[1]} differs from the embeddings' {dim}")
-        return cohort
-    if name == "plda":
-        be = PldaBackend.load(files[0].parent, plda_length_norm=args.plda_length_norm,
-                              smoothing=args.plda_smoothing)
-        if be.mean.mean_.size != dim:
-            raise DataError(f"back-end in {files[0].parent} expects dimension {be.mean.mean_.size}, "
-                            f"embeddings have {dim}")
-        return be
-    raise ValueError(f"unknown scorer input '{name}'")
-
-
 def _signature(path: Path) -> Dict[str, Any]:
     from pysv.backend import archive_signature
     from pysv.utils.stage import file_signature
 
     return archive_signature(path) if path.suffix == ".scp" else file_signature(path)
-
-
-def _load_vectors(scp: Path, what: str, crops: bool = False):
-    from pysv.backend import load_crops, load_embeddings
-
-    if not scp.is_file():
-        raise DataError(f"missing {what}: {scp} (run stage 3, embedding extraction, for this set and protocol)")
-    return load_crops(scp) if crops else load_embeddings(scp, what=what)
 
 
 def _missing_error(trials, bad, ei, ti, e_scp: Path, t_scp: Path, trials_path: Path) -> DataError:
@@ -172,6 +115,8 @@ def _missing_error(trials, bad, ei, ti, e_scp: Path, t_scp: Path, trials_path: P
 # --------------------------------------------------------------------------- main logic
 def run(args: argparse.Namespace) -> int:
     from pysv.backend import SCORERS, ScoringOptions, TrialSides, index_trials, read_num_utts
+    from pysv.backend.scorers import input_files, load_input, load_vectors
+    from pysv.calibration import Calibration, cllr, min_cllr
     from pysv.metrics import compute_metrics, plot_det
     from pysv.utils import stage
 
@@ -199,8 +144,9 @@ def run(args: argparse.Namespace) -> int:
             num_utts_path = emb / enroll_set / "num_utts.ark"
     else:
         e_scp = emb / enroll_set / t_scp.name
-    input_files = {n: _input_files(n, args, exp) for n in scorer.reads}
+    files_of = {n: input_files(n, args.backend, exp, args.train_set) for n in scorer.reads}
 
+    calibration_path = exp / "calibration.json"  # pysv.bin.calibrate: Cllr of the calibrated scores
     config = {k: v for k, v in sorted(vars(args).items()) if k not in ("force", "no_plot")}
     fingerprint = {
         "options": config,
@@ -208,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
         "test": _signature(t_scp),
         "enroll": None if e_scp == t_scp else _signature(e_scp),
         "num_utts": None if num_utts_path is None else stage.file_signature(num_utts_path),
-        "inputs": {n: [_signature(f) for f in files] for n, files in input_files.items()},
+        "inputs": {n: [_signature(f) for f in files] for n, files in files_of.items()},
+        "calibration": stage.file_signature(calibration_path) if calibration_path.is_file() else None,
     }
     if not args.force:
         reason = stage.check(marker, fingerprint)
@@ -231,11 +178,11 @@ def run(args: argparse.Namespace) -> int:
                         "need both target and nontarget trials")
 
     # ---- both sides of the trials
-    t_keys, T = _load_vectors(t_scp, "test embeddings", scorer.crops)
+    t_keys, T = load_vectors(t_scp, "test embeddings", scorer.crops)
     if e_scp == t_scp:
         e_keys, E = t_keys, T
     else:
-        e_keys, E = _load_vectors(e_scp, "enrollment embeddings", scorer.crops)
+        e_keys, E = load_vectors(e_scp, "enrollment embeddings", scorer.crops)
     if E.shape[1:] != T.shape[1:]:
         raise DataError(f"enrollment ({e_scp}) and test ({t_scp}) embeddings differ in dimension: "
                         f"{E.shape[1:]} vs {T.shape[1:]}")
@@ -263,10 +210,11 @@ def run(args: argparse.Namespace) -> int:
         if ei.size == 0:
             raise DataError(f"{trials_path}: every trial was skipped (no embeddings for its utterances)")
     sides = TrialSides(E, T, ei, ti, num_enroll)
-    inputs = {n: _load_input(n, files, args, E.shape[-1]) for n, files in input_files.items()}
     options = ScoringOptions(plda_length_norm=args.plda_length_norm, plda_smoothing=args.plda_smoothing,
                              crops_normalize=args.crops_normalize,
                              asnorm_top_n=None if args.asnorm_top_n <= 0 else args.asnorm_top_n)
+
+    inputs = {n: load_input(n, files, E.shape[-1], options) for n, files in files_of.items()}
 
     # ---- scoring
     t0 = time.time()
@@ -279,6 +227,11 @@ def run(args: argparse.Namespace) -> int:
         f.write("".join(f"{a} {b} {s:.6f}\n" for (a, b, _), s in zip(kept_trials, scores.tolist())))
     t1 = time.time()
     m = compute_metrics(scores, labels, p_targets=args.p_target)
+    m["min_cllr"] = min_cllr(scores, labels)
+    if calibration_path.is_file():
+        cal = Calibration.load(calibration_path)
+        if cal.backend == args.backend:
+            m["cllr"] = cllr(cal.llr(scores), labels)
     t_metrics = time.time() - t1
     embedded = stage.info(t_scp.parent / f".done_{t_scp.stem}")
     result = {
@@ -305,7 +258,9 @@ def run(args: argparse.Namespace) -> int:
 def _print_summary(r: dict) -> None:
     dcfs = "  ".join(f"minDCF(p={k[len('min_dcf_p'):]}) {v:.4f}" for k, v in r.items() if k.startswith("min_dcf_p"))
     skipped = f", {r.get('num_skipped', 0)} skipped" if r.get("num_skipped") else ""
-    print(f"{r.get('system')} {r.get('trials_name')} {r.get('backend')}: EER {r['eer']:.3f}%  {dcfs}  "
+    cal = (f"  Cllr {r['cllr']:.4f}" if "cllr" in r else "") + \
+        (f"  minCllr {r['min_cllr']:.4f}" if "min_cllr" in r else "")
+    print(f"{r.get('system')} {r.get('trials_name')} {r.get('backend')}: EER {r['eer']:.3f}%  {dcfs}{cal}  "
           f"({r.get('num_trials')} trials: {r.get('num_target')} target, {r.get('num_nontarget')} nontarget{skipped})")
 
 

@@ -10,7 +10,10 @@ import glob
 import os
 import tempfile
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
+
+import numpy as np
+import soundfile as sf
 
 PathLike = Union[str, os.PathLike]
 
@@ -133,6 +136,19 @@ def write_trials(path: PathLike, trials: Iterable[Tuple[str, str, int]]) -> None
     with atomic_write(path, encoding="utf-8") as f:
         for a, b, lab in trials:
             f.write(f"{a} {b} {'target' if lab else 'nontarget'}\n")
+
+
+def read_audio(path: PathLike, utt: Optional[str] = None) -> Tuple[np.ndarray, int]:
+    """float32 samples ``[n]`` (mono) or ``[n, channels]`` and the sample rate, via soundfile;
+    errors name ``utt`` (when given) and the file."""
+    who = f"utterance '{utt}': " if utt else ""
+    if not os.path.isfile(path):
+        raise DataError(f"{who}audio file missing: {path}")
+    try:
+        x, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / TypeError on bad files
+        raise DataError(f"{who}cannot read audio {path}: {e}") from None
+    return (x[:, 0] if x.shape[1] == 1 else x), int(sr)
 
 
 def load_yaml(path: PathLike, error=DataError):

@@ -1,0 +1,101 @@
+"""Stage 5 calibration: score → log-likelihood ratio on development trials, stored with the system.
+
+    python -m pysv.bin.calibrate --exp exp/<system> --train-set <train> --utt2spk data/<train>/utt2spk \\
+        [--backends "cosine plda"] [--far 0.01] [--prior 0.5]
+
+The development trials are drawn (stage 0's generator) among the training speakers held out for
+the per-epoch validation (``exp/<system>/valid_speakers``), from their stage-3 embeddings in
+``exp/<system>/embeddings/<train>/``; never from the test list. Each back-end of ``--backends``
+scores them (``pysv.bin.score``, outputs ``scores/<train>_dev_<backend>``); the one with the lowest
+development EER is calibrated by linear logistic regression (``pysv.calibration``) and
+``exp/<system>/calibration.json`` records it with a threshold at the development EER point (or at
+``--far``). ``pysv verify`` / ``SpeakerModel.verify`` use it; stage 5 then reports Cllr of the test
+scores. Note: the held-out speakers took no part in training the encoder, but they are in the
+training set that stage 4 fits LDA/PLDA on and that AS-norm takes its cohort from.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from pysv.utils.cli import run_cli
+from pysv.utils.io import DataError, read_table, utt2spk_to_spk2utt, write_trials
+
+log = logging.getLogger("pysv.calibrate")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pysv.bin.calibrate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--exp", required=True, help="experiment directory exp/<system>")
+    p.add_argument("--train-set", required=True, help="training set name (its embeddings hold the held-out speakers)")
+    p.add_argument("--utt2spk", required=True, help="utt2spk of the training set")
+    p.add_argument("--backends", default="cosine plda", help="back-ends to score the development trials with")
+    p.add_argument("--far", type=float, default=None, help="threshold at this false-accept rate (default: EER point)")
+    p.add_argument("--prior", type=float, default=0.5, help="effective target prior of the logistic regression")
+    p.add_argument("--max-target-trials", type=int, default=5000, help="cap on development target trials")
+    p.add_argument("--force", action="store_true")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from pysv.bin import score as score_bin
+    from pysv.calibration import Calibration
+    from pysv.data.trials import TrialOptions, make_trials
+    from pysv.train.config import load_config
+
+    exp = Path(args.exp)
+    valid = exp / "valid_speakers"
+    if not valid.is_file():
+        raise DataError(f"{valid} is missing: the system was trained without held-out speakers "
+                        "(data.valid_speakers=0), so there are no development trials")
+    speakers = set(valid.read_text().split())
+    spk2utt = {s: u for s, u in utt2spk_to_spk2utt(read_table(args.utt2spk)).items() if s in speakers}
+    missing = sorted(speakers - set(spk2utt))
+    if missing:
+        raise DataError(f"{args.utt2spk}: held-out speaker '{missing[0]}' of {valid} has no utterance")
+    seed = load_config(str(exp / "config.yaml"), check_choices=False)["seed"]
+    trials = make_trials(spk2utt, TrialOptions(seed=seed, max_target_trials=args.max_target_trials), "dev")
+    cal_dir = exp / "calibration"
+    cal_dir.mkdir(exist_ok=True)
+    trials_path = cal_dir / "trials"
+    write_trials(trials_path, trials)
+    name = f"{args.train_set}_dev"
+    (exp / "calibration.json").unlink(missing_ok=True)  # the development metrics must not use an old one
+    dev = {}
+    for backend in args.backends.split():
+        rc = score_bin.main(["--exp", str(exp), "--trials", str(trials_path), "--test-set", args.train_set,
+                             "--train-set", args.train_set, "--trials-name", name, "--backend", backend,
+                             "--no-plot"] + (["--force"] if args.force else []))
+        if rc != 0:
+            raise DataError(f"scoring the development trials with back-end {backend} failed (exit {rc})")
+        dev[backend] = json.loads((exp / "scores" / f"{name}_{backend}.metrics").read_text())
+    best = min(dev, key=lambda b: dev[b]["eer"])
+    scores = {(a, b): float(s) for a, b, s in (line.split() for line in
+                                               (exp / "scores" / f"{name}_{best}").read_text().splitlines())}
+    s = np.array([scores[(a, b)] for a, b, _ in trials])
+    y = np.array([lab for *_, lab in trials])
+    cal = Calibration.fit(best, s, y, str(trials_path), prior=args.prior, far=args.far)
+    cal.save(exp / "calibration.json")
+    eers = ", ".join(f"{b} EER {m['eer']:.2f}%" for b, m in dev.items())
+    print(f"{exp.name}: calibrated back-end {best} on {len(trials)} development trials "
+          f"({eers}): Cllr {cal.dev_cllr:.4f}, "
+          f"minCllr {cal.dev_min_cllr:.4f}, threshold {cal.threshold:.4f} ({cal.threshold_rule})")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from pysv.utils.logging import setup_logging
+    args = build_parser().parse_args(argv)
+    setup_logging(None)
+    return run_cli(run, args, "pysv.bin.calibrate", log)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

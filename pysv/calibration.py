@@ -1,0 +1,139 @@
+"""Score calibration: linear logistic regression score → log-likelihood ratio, Cllr and minCllr.
+
+As BOSARIS / Brümmer's FoCal: ``llr = a * score + b`` fitted by minimising the prior-weighted
+cross-entropy of the target posteriors at the effective prior ``prior`` (default 0.5, where the
+objective is ``Cllr``). ``minCllr`` is the Cllr of the optimal monotonic (PAV) transform of the
+scores: what calibration could reach at best; ``Cllr - minCllr`` is the calibration loss. A
+:class:`Calibration` also stores the decision threshold on the LLR scale: at the equal-error point
+of the development trials, or where their false-accept rate reaches a chosen value.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+from scipy.optimize import isotonic_regression, minimize
+from scipy.special import expit, log_expit
+
+from pysv.metrics import compute_eer
+from pysv.utils.io import DataError, atomic_write
+
+LN2 = math.log(2.0)
+
+
+def _split(scores, labels) -> Tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels).astype(bool)
+    if s.shape != y.shape or s.ndim != 1:
+        raise ValueError(f"scores and labels must be 1-D of one length, got {s.shape} and {y.shape}")
+    if not y.any() or y.all():
+        raise DataError("calibration needs target and non-target trials")
+    return s[y], s[~y]
+
+
+def cllr(llr, labels) -> float:
+    """Cost of the log-likelihood ratios ``llr`` in bits: 0 perfect, 1 = an uninformative system."""
+    tar, non = _split(llr, labels)
+    return float((-log_expit(tar).mean() - log_expit(-non).mean()) / (2 * LN2))
+
+
+def min_cllr(scores, labels) -> float:
+    """Cllr after the optimal monotonic transform of the scores (pool-adjacent-violators)."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels).astype(np.float64)
+    _split(s, y)
+    order = np.lexsort((-y, s))  # ties: targets first, the PAV convention that does not reward ties
+    post = isotonic_regression(y[order]).x
+    n_tar, n_non = y.sum(), len(y) - y.sum()
+    with np.errstate(divide="ignore"):
+        llr = np.log(post) - np.log1p(-post) - math.log(n_tar / n_non)
+    out = np.empty_like(llr)
+    out[order] = llr
+    return cllr(out, y)
+
+
+def fit_logistic(scores, labels, prior: float = 0.5) -> Tuple[float, float]:
+    """``(a, b)`` of ``llr = a * score + b`` minimising the prior-weighted cross-entropy."""
+    if not 0.0 < prior < 1.0:
+        raise ValueError(f"prior must be in (0, 1), got {prior}")
+    tar, non = _split(scores, labels)
+    offset = math.log(prior / (1 - prior))
+    scale = max(float(np.std(np.concatenate([tar, non]))), 1e-12)
+
+    def objective(p):
+        a, b = p
+        zt = a * tar + b + offset
+        zn = a * non + b + offset
+        f = -prior * log_expit(zt).mean() - (1 - prior) * log_expit(-zn).mean()
+        gt, gn = -prior * expit(-zt) / len(tar), (1 - prior) * expit(zn) / len(non)
+        return f, np.array([gt @ tar + gn @ non, gt.sum() + gn.sum()])
+
+    res = minimize(objective, np.array([1.0 / scale, 0.0]), jac=True, method="L-BFGS-B")
+    a, b = res.x
+    return float(a), float(b)
+
+
+@dataclasses.dataclass
+class Calibration:
+    """A fitted score → LLR map of one back-end and its decision threshold (on the LLR scale)."""
+
+    backend: str
+    a: float
+    b: float
+    prior: float
+    threshold: float
+    threshold_rule: str  # "eer" or "far=<rate>"
+    dev_trials: str
+    dev_cllr: float
+    dev_min_cllr: float
+    dev_eer: float
+
+    @property
+    def raw_threshold(self) -> float:
+        """The threshold on the back-end's raw scores (the LLR map is increasing: a > 0)."""
+        return (self.threshold - self.b) / self.a
+
+    def llr(self, scores):
+        """Calibrated log-likelihood ratio(s) of raw back-end score(s)."""
+        return self.a * np.asarray(scores, dtype=np.float64) + self.b if np.ndim(scores) else \
+            self.a * float(scores) + self.b
+
+    @classmethod
+    def fit(cls, backend: str, scores, labels, dev_trials: str, prior: float = 0.5,
+            far: Optional[float] = None) -> "Calibration":
+        """Fit on development scores; threshold at their EER point, or where the false-accept
+        rate is ``far``."""
+        a, b = fit_logistic(scores, labels, prior)
+        if a <= 0:
+            raise DataError(f"back-end {backend}: the development scores rank non-targets above targets "
+                            f"(fitted slope {a:.4g}); no calibration")
+        llr = a * np.asarray(scores, dtype=np.float64) + b
+        eer, eer_thr = compute_eer(llr, np.asarray(labels))
+        if far is None:
+            thr, rule = float(eer_thr), "eer"
+        else:
+            if not 0.0 < far < 1.0:
+                raise ValueError(f"far must be in (0, 1), got {far}")
+            non = np.sort(llr[~np.asarray(labels).astype(bool)])
+            k = int(math.ceil((1.0 - far) * len(non))) - 1  # at most far of the non-targets at or above
+            thr, rule = float(np.nextafter(non[min(max(k, 0), len(non) - 1)], np.inf)), f"far={far:g}"
+        return cls(backend=backend, a=a, b=b, prior=prior, threshold=thr, threshold_rule=rule,
+                   dev_trials=str(dev_trials), dev_cllr=cllr(llr, labels), dev_min_cllr=min_cllr(scores, labels),
+                   dev_eer=float(eer))
+
+    def save(self, path) -> None:
+        with atomic_write(path) as f:
+            json.dump(dataclasses.asdict(self), f, indent=1)
+            f.write("\n")
+
+    @classmethod
+    def load(cls, path) -> "Calibration":
+        try:
+            data = json.loads(Path(path).read_text())
+            return cls(**data)
+        except (OSError, ValueError, TypeError) as e:
+            raise DataError(f"{path}: not a pysv calibration ({e})") from None
