@@ -66,8 +66,8 @@ force_flag=; [[ $force == true ]] && force_flag=--force
 
 case $corpus in
   mini)     train_set=mini_train; test_set=mini_test; trial_lists="trials"
-            profile="train.epochs=12 sampler.batch_size=48 data.valid_speakers=6 data.num_workers=1 train.log_interval=2"
-            sgd_profile="optim.lr=0.1" ;;  # SGD systems only: Adam/AMSGrad keep their configs' rates
+            # configs with optim.lr_batch scale their learning rate linearly to the profile's batch
+            profile="train.epochs=12 sampler.batch_size=48 data.valid_speakers=6 data.num_workers=1 train.log_interval=2" ;;
   folder)   [[ -n $corpus_dir ]] || { echo "run.sh: --corpus folder needs --corpus-dir" >&2; exit 1; }
             name=${name:-folder}; train_set=${name}_train; test_set=${name}_test; trial_lists="trials"
             profile="train.epochs=30 sampler.batch_size=64 data.valid_speakers=10 data.num_workers=1" ;;
@@ -121,11 +121,7 @@ if [[ $stage -le 2 && $stop_stage -ge 2 ]]; then
   log "stage 2: training"
   for sys in $system_list; do
     log "training $sys"
-    sys_profile=$profile
-    if [[ -n ${sgd_profile:-} && $(python -m pysv.bin.systems get "$sys" optim.name) == sgd ]]; then
-      sys_profile="$profile $sgd_profile"
-    fi
-    args=(--config "conf/$sys.yaml" --exp-dir "$exp/$sys" --resume "data.train=data/$train_set" $sys_profile $train_opts)
+    args=(--config "conf/$sys.yaml" --exp-dir "$exp/$sys" --resume "data.train=data/$train_set" $profile $train_opts)
     [[ $overwrite == true ]] && args=(--overwrite "${args[@]}")
     if [[ $ngpu -gt 1 ]]; then
       launcher=(torchrun --standalone --nproc_per_node "$ngpu" -m pysv.bin.train --device cuda)

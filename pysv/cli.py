@@ -77,15 +77,17 @@ def run(args: argparse.Namespace) -> int:
     from pysv.utils.stage import write_ark
 
     if args.command == "export":
+        model = load(args.model)
         if args.format == "bundle":
-            out = write_bundle(load(args.model), args.out)
+            write_bundle(model, args.out)
         else:
             from pysv import export
-            from pysv.train.checkpoint import load_encoder
-            encoder, cfg = load_encoder(args.model)
             fn = export.export_onnx if args.format == "onnx" else export.export_torchscript
-            out = fn(encoder, cfg, args.out) or args.out
-        print(f"pysv export: wrote {out}")
+            feature = model.root / "feature.yaml" if model.is_bundle and model.features is not None else None
+            meta = fn(model.encoder, model.cfg, args.out, feature=feature)
+            print(f"pysv export: {args.format} graph: waveform [1, samples] at {meta['sample_rate']} Hz -> "
+                  f"embedding [1, {meta['embed_dim']}]", file=sys.stderr)
+        print(f"pysv export: wrote {args.out}")
         return 0
     model = load(args.model, device=args.device)
     kw = dict(resample=args.resample, channel=args.channel)

@@ -190,6 +190,16 @@ def test_embed_score_and_export_commands(trained, tmp_path, capsys):
         assert float(s) == pytest.approx(recipe[(a, b)], abs=2e-3 * max(1, abs(recipe[(a, b)])))
     assert cli.main(["export", "--model", str(exp), "--format", "bundle", "--out", str(tmp_path / "b")]) == 0
     assert (tmp_path / "b" / "model.json").is_file()
+    # ONNX from the bundle: the graph's embedding of a test file is the API's
+    onnx_path = tmp_path / "m.onnx"
+    assert cli.main(["export", "--model", str(tmp_path / "b"), "--format", "onnx", "--out", str(onnx_path)]) == 0
+    ort = pytest.importorskip("onnxruntime")
+    wav = sorted(read_table(test / "wav.scp").values())[0]
+    x, _ = sf.read(wav, dtype="float32")
+    got = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {
+        "waveform": x[None]})[0][0]
+    ref = pysv.load(tmp_path / "b").embed(wav)
+    assert float(got @ ref / np.linalg.norm(got) / np.linalg.norm(ref)) > 0.9999
     # errors name the file at fault
     assert cli.main(["verify", "--model", str(exp), str(tmp_path / "missing.wav"), str(tmp_path / "e.ark")]) == 1
     assert "missing.wav" in capsys.readouterr().err

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # small, fast settings for the tiny corpus (7 training speakers: 2 held out for validation)
 FAST = ["train.epochs=2", "sampler.batch_size=10", "data.crop=100", "data.num_workers=0",
-        "data.valid_speakers=2", "train.log_interval=1", "optim.lr=0.05"]
+        "data.valid_speakers=2", "train.log_interval=1", "optim.lr=0.05", "optim.lr_batch=null"]
 
 
 def overrides(tiny, *extra):
@@ -492,3 +492,15 @@ def test_validation_uses_the_trial_generator_of_stage_0(tiny_recipe, tmp_path):
     want = make_trials(spk2utt, TrialOptions(seed=cfg["seed"], max_target_trials=7, nontarget_ratio=1.0), "v")
     assert t.data.valid_trials == want and sum(lab for *_, lab in want) == 7
     assert not set(t.data.valid_speakers) & set(t.data.train_speakers)
+
+
+def test_learning_rate_scales_linearly_with_the_batch():
+    from pysv.train.optim import build_optimizer, effective_lr
+    cfg = load_config(str(REPO / "conf" / "thin_resnet34_angleproto.yaml"), ["sampler.batch_size=48"])
+    assert cfg["optim"]["lr"] == 0.2 and cfg["optim"]["lr_batch"] == 400
+    assert effective_lr(cfg) == pytest.approx(0.2 * 48 / 400)
+    opt = build_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.024)
+    # at the papers' own batch the rate is the papers'; Adam systems state no lr_batch and keep theirs
+    assert effective_lr(load_config(str(REPO / "conf" / "thin_resnet34_proxy_nca.yaml"))) == pytest.approx(0.2)
+    assert effective_lr(load_config(str(REPO / "conf" / "saep_softmax.yaml"), ["sampler.batch_size=8"])) == 1e-4

@@ -53,6 +53,7 @@ DEFAULTS: Dict[str, Any] = {
     "optim": {
         "name": "sgd",                # sgd | adam | amsgrad
         "lr": 0.1,
+        "lr_batch": None,             # the batch size optim.lr is for: lr scales linearly to sampler.batch_size
         "momentum": 0.9,
         "weight_decay": 0.0,
         "nesterov": False,
@@ -99,6 +100,7 @@ OPTIONAL_TYPES: Dict[str, tuple] = {
     "data.valid_trials": (str,),
     "data.valid_data": (str,),
     "sampler.max_utts_per_spk": (int,),
+    "optim.lr_batch": (int,),
     "train.grad_clip": (float, int),
     "train.embed_norm_scale": (float, int),
     "extract.crop": (int,),

@@ -45,8 +45,19 @@ def lr_multiplier(step: int, warmup: int, total: int, final_ratio: float, kind: 
     return final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], optim_cfg: Dict[str, Any]) -> torch.optim.Optimizer:
-    return OPTIMIZERS[optim_cfg["name"]](params, optim_cfg)
+def effective_lr(cfg: Dict[str, Any]) -> float:
+    """``optim.lr``, scaled linearly by ``sampler.batch_size / optim.lr_batch`` where ``lr_batch``
+    is set (the linear scaling rule of Goyal et al. 2017: a learning rate tuned for one batch size,
+    used at another)."""
+    o = cfg["optim"]
+    if not o["lr_batch"]:
+        return float(o["lr"])
+    return float(o["lr"]) * cfg["sampler"]["batch_size"] / o["lr_batch"]
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: Dict[str, Any]) -> torch.optim.Optimizer:
+    """The optimiser of ``cfg["optim"]`` at :func:`effective_lr`."""
+    return OPTIMIZERS[cfg["optim"]["name"]](params, {**cfg["optim"], "lr": effective_lr(cfg)})
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Dict[str, Any], steps_per_epoch: int) -> Optional[Any]:
@@ -61,7 +72,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Dict[str, Any], steps
     if s["name"] in PER_ITERATION:
         total = max(1, steps_per_epoch * cfg["train"]["epochs"])
         warm = int(round(s["warmup_epochs"] * steps_per_epoch))
-        ratio = s["min_lr"] / cfg["optim"]["lr"]
+        ratio = s["min_lr"] / effective_lr(cfg)
         return torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_multiplier(step, warm, total, ratio, s["name"]))
     return None

@@ -32,7 +32,7 @@ from pysv.train import checkpoint
 from pysv.train import precision as precision_lib
 from pysv.train.config import ConfigError, save_config
 from pysv.train.distributed import DistInfo, barrier, broadcast_float
-from pysv.train.optim import PER_ITERATION, build_optimizer, build_scheduler
+from pysv.train.optim import PER_ITERATION, build_optimizer, build_scheduler, effective_lr
 from pysv.train.plots import plot_eer_curves
 from pysv.utils import stage
 from pysv.utils.io import DataError, atomic_write
@@ -119,7 +119,10 @@ class Trainer:
         if cfg["train"]["channels_last"] and getattr(encoder, "prefers_channels_last", False):
             net = net.to(memory_format=torch.channels_last)
         self.net = net
-        self.optimizer = build_optimizer(self.net.parameters(), cfg["optim"])
+        self.optimizer = build_optimizer(self.net.parameters(), cfg)
+        if cfg["optim"]["lr_batch"]:
+            log.info("optim.lr %g for batch %d -> %g at sampler.batch_size %d (linear scaling)", cfg["optim"]["lr"],
+                     cfg["optim"]["lr_batch"], effective_lr(cfg), cfg["sampler"]["batch_size"])
         self.scheduler = build_scheduler(self.optimizer, cfg, len(self.data.loader))
         try:
             self.precision = precision_lib.resolve(cfg["train"]["precision"], self.device)
