@@ -32,8 +32,8 @@ convert_audio=            # folder, voxceleb: convert .m4a (VoxCeleb2's AAC) etc
 train_data_dir=           # kaldi: Kaldi data dir of the training set (wav.scp with paths or commands, segments)
 test_data_dir=            # kaldi: Kaldi data dir of the test set
 trials=                   # kaldi: trial list of the test set (default: <test-data-dir>/trials, else generated)
-musan_dir=                # optional: MUSAN root, for training augmentation
-rirs_dir=                 # optional: RIRS_NOISES root, for training augmentation
+musan_dir=                # optional: MUSAN root (e.g. ../shared/data/noise): training augmentation with it
+rirs_dir=                 # optional: RIRS_NOISES root (e.g. ../shared/data/rir): reverberation in training
 systems=default           # default | paper | all | list of conf/<system>.yaml names
 nj=2                      # parallel jobs for features and extraction
 ngpu=0                    # >1: torchrun with this many processes per node for training
@@ -117,11 +117,21 @@ if [[ $stage -le 1 && $stop_stage -ge 1 ]]; then
   done
 fi
 
+# --musan-dir / --rirs-dir: every system trains with the Kaldi / wespeaker mix on waveform crops
+# (pysv.data.waveform_augment defaults: per crop with probability 0.6 one of noise 0-15 dB, music
+# 5-15 dB, babble of 3-7 speakers at 13-20 dB, reverberation), features computed on the fly
+augment_opts=()
+if [[ -n $musan_dir || -n $rirs_dir ]]; then
+  augment_opts=("data.augment={prob: 0.6${musan_dir:+, musan: data/manifests/musan_recordings.jsonl.gz}${rirs_dir:+, rirs: data/manifests/rirs_recordings.jsonl.gz}}"
+                "data.on_the_fly_features=true")
+fi
+
 if [[ $stage -le 2 && $stop_stage -ge 2 ]]; then
   log "stage 2: training"
   for sys in $system_list; do
     log "training $sys"
-    args=(--config "conf/$sys.yaml" --exp-dir "$exp/$sys" --resume "data.train=data/$train_set" $profile $train_opts)
+    args=(--config "conf/$sys.yaml" --exp-dir "$exp/$sys" --resume "data.train=data/$train_set" $profile
+          ${augment_opts[@]+"${augment_opts[@]}"} $train_opts)
     [[ $overwrite == true ]] && args=(--overwrite "${args[@]}")
     if [[ $ngpu -gt 1 ]]; then
       launcher=(torchrun --standalone --nproc_per_node "$ngpu" -m pysv.bin.train --device cuda)
