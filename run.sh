@@ -34,6 +34,7 @@ test_data_dir=            # kaldi: Kaldi data dir of the test set
 trials=                   # kaldi: trial list of the test set (default: <test-data-dir>/trials, else generated)
 musan_dir=                # optional: MUSAN root (e.g. ../shared/data/noise): training augmentation with it
 rirs_dir=                 # optional: RIRS_NOISES root (e.g. ../shared/data/rir): reverberation in training
+speed_perturb=none        # training: none | new (0.9/1.0/1.1 on the fly, copies = new speakers) | same (same speakers)
 systems=default           # default | paper | all | list of conf/<system>.yaml names
 nj=2                      # parallel jobs for features and extraction
 ngpu=0                    # >1: torchrun with this many processes per node for training
@@ -121,8 +122,13 @@ fi
 # (pysv.data.waveform_augment defaults: per crop with probability 0.6 one of noise 0-15 dB, music
 # 5-15 dB, babble of 3-7 speakers at 13-20 dB, reverberation), features computed on the fly
 augment_opts=()
+case $speed_perturb in
+  none) ;;
+  new|same) augment_opts+=("data.speed_perturb={factors: [0.9, 1.0, 1.1], new_speakers: $([[ $speed_perturb == new ]] && echo true || echo false)}") ;;
+  *) echo "run.sh: --speed-perturb must be none, new or same, got '$speed_perturb'" >&2; exit 1 ;;
+esac
 if [[ -n $musan_dir || -n $rirs_dir ]]; then
-  augment_opts=("data.augment={prob: 0.6${musan_dir:+, musan: data/manifests/musan_recordings.jsonl.gz}${rirs_dir:+, rirs: data/manifests/rirs_recordings.jsonl.gz}}"
+  augment_opts+=("data.augment={prob: 0.6${musan_dir:+, musan: data/manifests/musan_recordings.jsonl.gz}${rirs_dir:+, rirs: data/manifests/rirs_recordings.jsonl.gz}}"
                 "data.on_the_fly_features=true")
 fi
 

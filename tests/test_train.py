@@ -504,3 +504,40 @@ def test_learning_rate_scales_linearly_with_the_batch():
     # at the papers' own batch the rate is the papers'; Adam systems state no lr_batch and keep theirs
     assert effective_lr(load_config(str(REPO / "conf" / "thin_resnet34_proxy_nca.yaml"))) == pytest.approx(0.2)
     assert effective_lr(load_config(str(REPO / "conf" / "saep_softmax.yaml"), ["sampler.batch_size=8"])) == 1e-4
+
+
+def test_speed_perturbation_counts_copies_as_new_speakers(tiny_recipe, tmp_path):
+    sp = "data.speed_perturb={factors: [0.9, 1.0, 1.1], new_speakers: true}"
+    cfg = load_config(str(REPO / "conf" / "thin_resnet34_softmax.yaml"), overrides(tiny_recipe, sp, "train.epochs=1"))
+    t = Trainer(cfg, str(tmp_path / "sp"), DistInfo(), progress=False)
+    t.build()
+    k = len(t.data.train_speakers) // 3
+    assert t.num_classes == 3 * k and t.data.train_speakers[k].startswith("sp0.9-")
+    ds = t.data.train_set
+    ds.set_epoch(1)
+    seen = set()
+    for i in range(len(ds)):
+        x, y = ds[i]
+        assert x.shape == ds[0][0].shape and 0 <= y < 3 * k  # same crop length at every speed
+        seen.add(y // k)
+    assert seen == {0, 1, 2}
+    # the draw is reproducible: the same item gives the same crop and label again
+    a, b = ds[3], ds[3]
+    assert torch.equal(a[0], b[0]) and a[1] == b[1]
+    t.fit()
+    assert (tmp_path / "sp" / "final.pt").is_file()
+    with pytest.raises(ConfigError, match="new_speakers"):
+        Trainer(load_config(str(REPO / "conf" / "thin_resnet34_angleproto.yaml"), overrides(tiny_recipe, sp)),
+                str(tmp_path / "ap"), DistInfo(), progress=False).build()
+
+
+def test_speed_perturbation_resamples_with_lhotse(tiny_recipe):
+    from lhotse.augmentation import Speed
+
+    from pysv.data.dataset import WaveformCropDataset
+    ds = WaveformCropDataset(tiny_recipe["train"], 8000, seed=3, speed_factors=[1.1])
+    rng = np.random.default_rng(0)
+    x = ds.read_crop(0, np.random.default_rng(0), speed=0)
+    plain = WaveformCropDataset(tiny_recipe["train"], 8800, seed=3).read_crop(0, rng)  # ceil(8000 * 1.1) samples
+    want = Speed(1.1)(plain[None], 16000)[0][:8000]
+    assert x.shape == (8000,) and np.allclose(x, want, atol=1e-6)

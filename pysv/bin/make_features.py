@@ -17,6 +17,11 @@ Modes::
     python -m pysv.bin.make_features --data data/dev --feat-config fbank40 --out data/dev_fbank40 --check
 
 Trailing ``key=value`` arguments override feature options (``dither=0 snip_edges=false``).
+
+``--vad energy`` keeps only the voiced frames of every utterance (Kaldi ``compute-vad`` with the
+VoxCeleb recipe's options, then ``select-voiced-frames`` after deltas and CMVN; see :mod:`pysv.vad`);
+``vad_<option>=value`` overrides one of its options (``vad_energy_threshold=5.0``). The VAD options
+enter the completion markers and ``feat_conf.yaml`` (key ``vad``, absent without VAD).
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ import yaml
 from pysv.features import FeatureExtractor, config_to_yaml, feature_dim, load_config, resolve_config
 from pysv.utils import stage
 from pysv.utils.io import DataError, atomic_path, atomic_write, read_audio, read_table
+from pysv.vad import VAD_DEFAULTS, VAD_METHODS, vad_options
 
 log = logging.getLogger("pysv.make_features")
 
@@ -95,9 +101,22 @@ def copied_files(data: Path) -> List[Path]:
             if p.is_file() and (p.name in COPY_FILES or p.name.startswith(COPY_PREFIXES))]
 
 
+def split_vad_overrides(overrides: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """``(feature overrides, VAD overrides)``: ``vad_<option>=value`` keys are VAD options."""
+    vad = {k[4:]: v for k, v in overrides.items() if k.startswith("vad_") and k[4:] in VAD_DEFAULTS}
+    feats = {k: v for k, v in overrides.items() if not (k.startswith("vad_") and k[4:] in VAD_DEFAULTS)}
+    return feats, vad
+
+
+def options(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The options the outputs depend on: the feature options, plus ``vad`` when VAD is on (so
+    markers written without VAD stay valid)."""
+    return {"options": cfg}
+
+
 def fingerprint(data: Path, cfg: Dict[str, Any], items: Sequence[Tuple[str, str]]) -> Dict[str, Any]:
     """What ``<out>`` depends on: the options, the ``wav.scp`` entries and the copied text files."""
-    return {"options": cfg, "wav.scp": stage.items_signature(items),
+    return {**options(cfg), "wav.scp": stage.items_signature(items),
             "copied": {p.name: stage.file_signature(p) for p in copied_files(data)}}
 
 

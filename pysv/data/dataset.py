@@ -16,7 +16,9 @@ shared memory, so :meth:`set_epoch` reaches persistent DataLoader workers too (c
 """
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import os
 import struct
 from collections import OrderedDict
@@ -27,6 +29,7 @@ import kaldiio
 import numpy as np
 import soundfile as sf
 import torch
+from lhotse.augmentation import Speed
 from torch.utils.data import Dataset
 
 from pysv.data.crop_windows import crop_or_wrap, random_crop
@@ -351,8 +354,21 @@ class WaveformCropDataset(_CropDatasetBase):
                  augment: Optional[Callable] = None, seed: int = 0,
                  feature_extractor: Optional[Callable] = None, spec_augment: Optional[Callable] = None,
                  sample_rate: int = 16000, spk2label: Optional[Mapping[str, int]] = None,
-                 check_files: bool = True, plan_augment: bool = False):
+                 check_files: bool = True, plan_augment: bool = False,
+                 speed_factors: Sequence[float] = (), speed_new_speakers: bool = False):
         super().__init__(data_dir, "wav", seed, spk2label, check_files)
+        if any(not 0.5 <= float(f) <= 2.0 for f in speed_factors):
+            raise ValueError(f"speed factors must be in [0.5, 2], got {list(speed_factors)}")
+        # speed perturbation (lhotse's Speed, a resampling): one factor per crop from the item's stream;
+        # with speed_new_speakers the label of a crop at factors[k] is label + k * num_labels
+        self.speed = [Speed(float(f)) if float(f) != 1.0 else None for f in speed_factors]
+        self.speed_factors = [float(f) for f in speed_factors]
+        self.speed_new_speakers = bool(speed_new_speakers)
+        if self.speed_new_speakers and 1.0 not in self.speed_factors:
+            raise ValueError("speed perturbation with new speakers needs the factor 1.0 (the original speakers)")
+        others = itertools.count(1)
+        #: label offset (in units of num_labels) of each factor: 0 for 1.0, then 1, 2, ... in order
+        self.speed_offsets = [0 if f == 1.0 else next(others) for f in self.speed_factors]
         if plan_augment and (augment is None or feature_extractor is not None):
             raise ValueError("plan_augment needs an augmentor and no feature_extractor (the device applies both)")
         self.plan_augment = bool(plan_augment)
@@ -376,10 +392,13 @@ class WaveformCropDataset(_CropDatasetBase):
         self._spk_names = spk_names
         self._spk = np.array([spk_code[s] for s in self.index.spks], dtype=np.int32)
 
-    def read_crop(self, idx: int, rng: np.random.Generator) -> np.ndarray:
-        """The random crop ``[crop_samples]`` (float32) of utterance ``idx``, read partially."""
+    def read_crop(self, idx: int, rng: np.random.Generator, speed: int = -1) -> np.ndarray:
+        """The random crop ``[crop_samples]`` (float32) of utterance ``idx``, read partially; with
+        ``speed`` >= 0 the audio is read at ``speed_factors[speed]`` (a crop of ``factor x crop``
+        samples resampled to ``crop``)."""
         path = os.fsdecode(self._paths[idx])
-        crop = self.crop_samples
+        resampler = self.speed[speed] if speed >= 0 else None
+        crop = self.crop_samples if resampler is None else int(math.ceil(self.crop_samples * self.speed_factors[speed]))
         try:
             with sf.SoundFile(path) as f:
                 if f.samplerate != self.sample_rate:
@@ -400,14 +419,21 @@ class WaveformCropDataset(_CropDatasetBase):
             if x.shape[0] == 0:
                 raise DataError(f"utterance '{self.utt_id(idx)}': read 0 samples from {path}")
             x = crop_or_wrap(x, 0, crop)
+        if resampler is not None:
+            x = resampler(x[None], self.sample_rate)[0]
+            x = x[:self.crop_samples] if x.shape[0] >= self.crop_samples else crop_or_wrap(x, 0, self.crop_samples)
         return np.ascontiguousarray(x)
 
     def _get(self, idx: int, k: int):
         rng = self.rng(idx, k)
-        x = self.read_crop(idx, rng)
+        speed = int(rng.integers(len(self.speed))) if self.speed else -1
+        x = self.read_crop(idx, rng, speed)
+        label = int(self._labels[idx])
+        if self.speed_new_speakers and speed >= 0:
+            label += self.speed_offsets[speed] * self.index.num_classes
         if self.plan_augment:  # the device applies it (data.front_end: device): item = (crop, label, plan)
             plan = self.augment.plan(x.shape[0], rng, spk=self._spk_names[self._spk[idx]])
-            return torch.as_tensor(np.asarray(x, dtype=np.float32)), int(self._labels[idx]), plan
+            return torch.as_tensor(np.asarray(x, dtype=np.float32)), label, plan
         if self.augment is not None:
             x = self.augment(x, rng, spk=self._spk_names[self._spk[idx]])
         if self.feature_extractor is not None:
@@ -421,7 +447,7 @@ class WaveformCropDataset(_CropDatasetBase):
                 t = self.spec_augment(t, rng)
         else:
             t = torch.as_tensor(np.asarray(x, dtype=np.float32))
-        return t, int(self._labels[idx])
+        return t, label
 
 
 def _accepts_seed(fn: Callable) -> bool:

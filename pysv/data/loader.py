@@ -37,17 +37,21 @@ def features_dir(data_dir: str, feature: str) -> str:
 
 
 class RelabeledSubset(Dataset):
-    """Utterances of the training speakers only, with speaker labels renumbered 0..K-1."""
+    """Utterances of the training speakers only, with speaker labels renumbered 0..K-1 (a
+    speed-perturbed copy counted as a new speaker, label ``c * num_base + y`` of the base dataset,
+    becomes ``c * K + label``)."""
 
-    def __init__(self, base: Dataset, indices: List[int], label_map: Dict[int, int]):
+    def __init__(self, base: Dataset, indices: List[int], label_map: Dict[int, int], num_base: int = 0):
         self.base, self.indices, self.label_map = base, indices, label_map
+        self.num_base, self.num_train = num_base, len(label_map)
 
     def __len__(self):
         return len(self.indices)
 
     def __getitem__(self, i):
         x, y, *plan = self.base[self.indices[i]]  # plan: the augmentation plan of front_end device
-        return (x, self.label_map[int(y)], *plan)
+        copy, y = divmod(int(y), self.num_base) if self.num_base else (0, int(y))
+        return (x, copy * self.num_train + self.label_map[y], *plan)
 
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.base, "set_epoch"):
@@ -87,7 +91,7 @@ class TrainingData:
     train_set: RelabeledSubset
     sampler: Any                                # a pysv.data.samplers batch sampler
     loader: DataLoader
-    train_speakers: List[str]                   # label i = train_speakers[i]
+    train_speakers: List[str]                   # label i = train_speakers[i] (speed copies: "sp<factor>-<spk>")
     valid_speakers: List[str]
     valid_trials: Optional[List[Tuple[str, str, int]]]
     valid_reader_dir: Optional[str]             # the data / features dir validation reads
@@ -97,6 +101,27 @@ class TrainingData:
     @property
     def num_classes(self) -> int:
         return len(self.train_speakers)
+
+
+SPEED_PERTURB_KEYS = ("factors", "new_speakers")
+
+
+def speed_perturbation(cfg: Dict[str, Any]) -> Tuple[List[float], bool]:
+    """``(factors, new_speakers)`` of ``data.speed_perturb`` (``([], False)`` when off)."""
+    sp = cfg["data"]["speed_perturb"]
+    if not sp:
+        return [], False
+    unknown = sorted(set(sp) - set(SPEED_PERTURB_KEYS))
+    if unknown:
+        raise ConfigError(f"config key 'data.speed_perturb': unknown key(s) {unknown}; "
+                          f"accepted: {', '.join(SPEED_PERTURB_KEYS)}")
+    factors = [float(f) for f in sp.get("factors", (0.9, 1.0, 1.1))]
+    new = bool(sp.get("new_speakers", True))
+    if new and loss_lib.sampling_requirements(cfg["loss"]["name"], **cfg["loss"]["hparams"]).min_per_class > 1:
+        raise ConfigError(f"config key 'data.speed_perturb.new_speakers': loss '{cfg['loss']['name']}' needs "
+                          "several utterances of a speaker per batch, which random speed copies counted as new "
+                          "speakers would split; use new_speakers: false with it")
+    return factors, new
 
 
 def check_sampler_fits_loss(cfg: Dict[str, Any]) -> None:
@@ -117,7 +142,8 @@ def build_training_data(cfg: Dict[str, Any], input_kind: str, dist: DistInfo, de
     """Dataset, validation split, sampler and loader of a resolved config (see the module doc)."""
     dcfg = cfg["data"]
     train_dir = dcfg["train"]
-    on_the_fly = input_kind == "waveform" or dcfg["on_the_fly_features"] or dcfg["augment"]
+    speed_factors, speed_new = speed_perturbation(cfg)
+    on_the_fly = input_kind == "waveform" or dcfg["on_the_fly_features"] or dcfg["augment"] or speed_factors
     feature_extractor = None
     device_front = None
     if input_kind == "features":
@@ -140,7 +166,8 @@ def build_training_data(cfg: Dict[str, Any], input_kind: str, dist: DistInfo, de
         base = ds.WaveformCropDataset(train_dir, crop_samples, augment=augment, seed=cfg["seed"],
                                       feature_extractor=None if on_device else fe,
                                       spec_augment=None if on_device else spec_aug,
-                                      plan_augment=on_device and augment is not None)
+                                      plan_augment=on_device and augment is not None,
+                                      speed_factors=speed_factors, speed_new_speakers=speed_new)
         eval_dir = train_dir
     else:
         fdir = features_dir(train_dir, dcfg["feature"])
@@ -156,7 +183,7 @@ def build_training_data(cfg: Dict[str, Any], input_kind: str, dist: DistInfo, de
     train_speakers = sorted(train_spk)
     label_map = {index.spk2label[s]: i for i, s in enumerate(train_speakers)}
     indices = [i for i, lab in enumerate(index.labels) if lab in label_map]
-    train_set = RelabeledSubset(base, indices, label_map)
+    train_set = RelabeledSubset(base, indices, label_map, num_base=index.num_classes if speed_new else 0)
     labels = [label_map[index.labels[i]] for i in indices]
     sampler = _build_sampler(cfg, [train_speakers[lab] for lab in labels], dist)
     nw = dcfg["num_workers"]
@@ -177,6 +204,9 @@ def build_training_data(cfg: Dict[str, Any], input_kind: str, dist: DistInfo, de
         valid_trials = validation_trials(spk2utts, dcfg["valid_max_target"], dcfg["valid_nontarget_ratio"],
                                          cfg["seed"])
         valid_reader_dir = eval_dir
+    if speed_new:  # the copies at the other factors are speakers of their own (wespeaker, 3D-Speaker)
+        copies = [f for f in speed_factors if f != 1.0]
+        train_speakers = train_speakers + [f"sp{f:g}-{s}" for f in copies for s in train_speakers]
     return TrainingData(train_set=train_set, sampler=sampler, loader=loader, train_speakers=train_speakers,
                         valid_speakers=valid_spk, valid_trials=valid_trials, valid_reader_dir=valid_reader_dir,
                         feature_extractor=feature_extractor, device_front=device_front)

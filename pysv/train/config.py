@@ -20,7 +20,7 @@ import yaml
 
 from pysv.utils.io import atomic_write, load_yaml
 
-FREE_FORM = {"model.hparams", "loss.hparams", "data.augment", "data.spec_augment"}
+FREE_FORM = {"model.hparams", "loss.hparams", "data.augment", "data.spec_augment", "data.speed_perturb"}
 
 # None means "optional"; the type of a None default is given in OPTIONAL_TYPES.
 DEFAULTS: Dict[str, Any] = {
@@ -35,6 +35,7 @@ DEFAULTS: Dict[str, Any] = {
         "crop": 200,                  # training crop: frames (features) or samples (waveform)
         "augment": None,              # waveform augmentation (pysv.data.waveform_augment.build_augmentor), null = off
         "spec_augment": None,         # SpecAugment on features, null = off
+        "speed_perturb": None,        # {factors: [0.9, 1.0, 1.1], new_speakers: true}: lhotse Speed per crop
         "num_workers": 2,
         "valid_speakers": 8,          # training speakers held out for the per-epoch validation EER
         "valid_trials": None,         # or an explicit trial list (its utterances read from valid_data)
@@ -97,6 +98,7 @@ OPTIONAL_TYPES: Dict[str, tuple] = {
     "data.feature": (str,),
     "data.augment": (dict,),
     "data.spec_augment": (dict,),
+    "data.speed_perturb": (dict,),
     "data.valid_trials": (str,),
     "data.valid_data": (str,),
     "sampler.max_utts_per_spk": (int,),
