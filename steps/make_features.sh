@@ -7,7 +7,8 @@
 #  <feat-config>  fbank40 | fbank64 | mfcc30 (pysv/feature_configs/<name>.yaml) or a path to a yaml file
 #  <data-dir>     Kaldi data dir with wav.scp (plain audio paths); utt2spk, spk2utt, utt2dur, trials* are copied
 #  <out-dir>      output data dir: feats.scp, utt2num_frames, feat_conf.yaml, .done, data/feats.JOB.ark, log/
-#  key=value      feature option overrides, e.g. dither=0 resample=resample channel=0
+#  key=value      feature option overrides, e.g. dither=0 resample=resample channel=0; with --vad energy
+#                 also VAD option overrides vad_energy_threshold=5.0 vad_proportion_threshold=0.12 ...
 #
 # Runs  $cmd JOB=1:$nj <out-dir>/log/make_feats.JOB.log python -m pysv.bin.make_features ... --job JOB --nj $nj
 # then the merge. Skipped when <out-dir>/.done records these options, this wav.scp and the text files
@@ -18,6 +19,7 @@ set -euo pipefail
 nj=4         # number of parallel jobs (contiguous splits of the sorted wav.scp)
 cmd=         # job launcher with Kaldi's run.pl interface (default: $cpu_cmd from cmd.sh)
 force=false  # true: recompute even if <out-dir> is complete
+vad=none     # energy: keep only voiced frames (Kaldi compute-vad, VoxCeleb recipe options; select-voiced-frames)
 
 . "$(dirname "${BASH_SOURCE[0]}")/../utils/parse_options.sh"
 if [[ $# -lt 3 ]]; then
@@ -42,7 +44,8 @@ if [[ $nj -gt $num_utts ]]; then
   echo "$0: --nj $nj is more than the $num_utts utterances; using --nj $num_utts"; nj=$num_utts
 fi
 
-py=(python -m pysv.bin.make_features --data "$data" --feat-config "$conf" --out "$out")
+case $vad in none|energy) ;; *) echo "$0: --vad must be none or energy, got '$vad'" >&2; exit 1;; esac
+py=(python -m pysv.bin.make_features --data "$data" --feat-config "$conf" --out "$out" --vad "$vad")
 
 # ---- skip if complete for these options and inputs
 if [[ $force != true ]] && "${py[@]}" --is-done "${overrides[@]+"${overrides[@]}"}" 2>/dev/null; then
@@ -55,7 +58,8 @@ if [[ $force == true ]]; then rm -f "$out/.done" "$out"/data/.done.*; fi
 "${py[@]}" --check "${overrides[@]+"${overrides[@]}"}"
 
 mkdir -p "$out/log" "$out/data"
-echo "$0: computing $conf features for $data ($num_utts utterances) in $nj jobs; logs in $out/log"
+vad_note=; [[ $vad == none ]] || vad_note=" with $vad VAD"
+echo "$0: computing $conf features$vad_note for $data ($num_utts utterances) in $nj jobs; logs in $out/log"
 start=$(date +%s)
 if ! "${cmd_words[@]}" JOB=1:$nj "$out/log/make_feats.JOB.log" \
     "${py[@]}" --job JOB --nj $nj "${overrides[@]+"${overrides[@]}"}"; then

@@ -541,3 +541,15 @@ def test_speed_perturbation_resamples_with_lhotse(tiny_recipe):
     plain = WaveformCropDataset(tiny_recipe["train"], 8800, seed=3).read_crop(0, rng)  # ceil(8000 * 1.1) samples
     want = Speed(1.1)(plain[None], 16000)[0][:8000]
     assert x.shape == (8000,) and np.allclose(x, want, atol=1e-6)
+
+
+def test_large_margin_fine_tuning_config_starts_from_the_trained_system(tiny_recipe, tmp_path):
+    base, _ = run_train(tiny_recipe, tmp_path, "thin_resnet34_aamsoftmax.yaml", "train.epochs=1", exp_name="base")
+    ft, _ = run_train(tiny_recipe, tmp_path, "thin_resnet34_aamsoftmax_lmft.yaml", "train.epochs=1",
+                      f"train.init_from={base / 'final.pt'}", exp_name="lmft")
+    log = (ft / "train.log").read_text()
+    assert f"encoder initialised from {base / 'final.pt'}" in log
+    cfg = load_config(str(ft / "config.yaml"))
+    assert cfg["loss"]["hparams"]["margin"] == 0.5 and cfg["scheduler"]["name"] == "warmup_exp"
+    assert load_config(str(REPO / "conf" / "thin_resnet34_aamsoftmax_lmft.yaml"))["data"]["crop"] == 600  # 6 s
+    assert (ft / "final.pt").is_file()

@@ -41,7 +41,7 @@ import yaml
 from pysv.features import FeatureExtractor, config_to_yaml, feature_dim, load_config, resolve_config
 from pysv.utils import stage
 from pysv.utils.io import DataError, atomic_path, atomic_write, read_audio, read_table
-from pysv.vad import VAD_DEFAULTS, VAD_METHODS, vad_options
+from pysv.vad import VAD_DEFAULTS, VAD_METHODS, compute_with_vad, select_voiced, vad_options
 
 log = logging.getLogger("pysv.make_features")
 
@@ -103,20 +103,21 @@ def copied_files(data: Path) -> List[Path]:
 
 def split_vad_overrides(overrides: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """``(feature overrides, VAD overrides)``: ``vad_<option>=value`` keys are VAD options."""
-    vad = {k[4:]: v for k, v in overrides.items() if k.startswith("vad_") and k[4:] in VAD_DEFAULTS}
-    feats = {k: v for k, v in overrides.items() if not (k.startswith("vad_") and k[4:] in VAD_DEFAULTS)}
+    vad = {k[4:]: v for k, v in overrides.items() if k.startswith("vad_")}
+    feats = {k: v for k, v in overrides.items() if not k.startswith("vad_")}
     return feats, vad
 
 
-def options(cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """The options the outputs depend on: the feature options, plus ``vad`` when VAD is on (so
-    markers written without VAD stay valid)."""
-    return {"options": cfg}
+def options(cfg: Dict[str, Any], vad: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The options the outputs depend on: the feature options, plus the VAD options when VAD is on
+    (markers written without VAD stay valid)."""
+    return {"options": cfg} if vad is None else {"options": cfg, "vad": vad}
 
 
-def fingerprint(data: Path, cfg: Dict[str, Any], items: Sequence[Tuple[str, str]]) -> Dict[str, Any]:
+def fingerprint(data: Path, cfg: Dict[str, Any], items: Sequence[Tuple[str, str]],
+                vad: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """What ``<out>`` depends on: the options, the ``wav.scp`` entries and the copied text files."""
-    return {**options(cfg), "wav.scp": stage.items_signature(items),
+    return {**options(cfg, vad), "wav.scp": stage.items_signature(items),
             "copied": {p.name: stage.file_signature(p) for p in copied_files(data)}}
 
 
@@ -126,9 +127,10 @@ def job_part(out: Path, items: Sequence[Tuple[str, str]], job: int, nj: int) -> 
     return stage.Part.of(out / "data", "feats", items, job, nj)
 
 
-def discard_stale(data: Path, out: Path, cfg: Dict[str, Any], items: Sequence[Tuple[str, str]]) -> None:
+def discard_stale(data: Path, out: Path, cfg: Dict[str, Any], items: Sequence[Tuple[str, str]],
+                  vad: Optional[Dict[str, Any]] = None) -> None:
     """A merged output made from other options or inputs is removed before any job is redone."""
-    reason = stage.discard(out / ".done", fingerprint(data, cfg, items), [out / name for name in MERGED])
+    reason = stage.discard(out / ".done", fingerprint(data, cfg, items, vad), [out / name for name in MERGED])
     if reason is not None:
         log.info("%s: %s; recomputing", out, reason)
 
@@ -142,13 +144,18 @@ def utt_seed(utt: str, base_seed: int) -> int:
     return (zlib.crc32(utt.encode("utf-8")) + (int(base_seed) << 32)) % (1 << 63)
 
 
-def extract_utterance(ext: "FeatureExtractor", utt: str, path: str) -> np.ndarray:
+def extract_utterance(ext: "FeatureExtractor", utt: str, path: str,
+                      vad: Optional[Dict[str, Any]] = None) -> Tuple[np.ndarray, int]:
+    """Features of one utterance (only its voiced frames with ``vad``; all of them when none is
+    voiced) and its number of frames before VAD."""
     x, sr = read_audio(path, utt)
     try:
-        feats = ext(x, sr, seed=utt_seed(utt, ext.config["dither_seed"]))
+        feats, mask = compute_with_vad(ext, x, sr, vad, seed=utt_seed(utt, ext.config["dither_seed"]))
     except DataError as e:
         raise DataError(f"utterance '{utt}' ({path}): {e}") from None
-    return feats
+    if vad is not None and not mask.any():
+        log.warning("utterance '%s' (%s): no voiced frame; keeping all %d frames", utt, path, mask.size)
+    return select_voiced(feats, mask), mask.size
 
 
 # ------------------------------------------------------------------------------------------------
@@ -161,12 +168,12 @@ def resolve(feat_config: str, overrides: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def run_job(data: Path, out: Path, cfg: Dict[str, Any], job: int, nj: int,
-            items: Optional[List[Tuple[str, str]]] = None) -> bool:
+            items: Optional[List[Tuple[str, str]]] = None, vad: Optional[Dict[str, Any]] = None) -> bool:
     """Compute split ``job`` of ``nj``. Returns False when it was already complete (skipped)."""
     items = items if items is not None else read_wav_scp(data)
-    discard_stale(data, out, cfg, items)
+    discard_stale(data, out, cfg, items, vad)
     part = job_part(out, items, job, nj)
-    fp = part.fingerprint({"options": cfg})
+    fp = part.fingerprint(options(cfg, vad))
     reason = stage.check(part.marker, fp)
     if reason is None:
         log.info("job %d/%d: outputs complete (%s), skipping", job, nj, part.scp)
@@ -179,25 +186,32 @@ def run_job(data: Path, out: Path, cfg: Dict[str, Any], job: int, nj: int,
     torch.set_num_threads(1)  # one job per core, as Kaldi jobs
     ext = FeatureExtractor(cfg)
     t0 = time.perf_counter()
+    total = 0
     with part.writer(num_frames=True) as writer:
         for utt, path in tqdm(part.items, desc=f"{ext.name} job {job}/{nj}", unit="utt", disable=None, leave=False):
-            writer.write(utt, extract_utterance(ext, utt, path))
-    stage.write(part.marker, fp, outputs=writer.outputs, utts=writer.count, frames=writer.rows)
+            feats, n = extract_utterance(ext, utt, path, vad)
+            writer.write(utt, feats)
+            total += n
+    info = {} if vad is None else {"frames_before_vad": total}
+    stage.write(part.marker, fp, outputs=writer.outputs, utts=writer.count, frames=writer.rows, **info)
     dt = time.perf_counter() - t0
-    audio_s = writer.rows * ext.frame_shift_seconds
+    if vad is not None:
+        log.info("job %d/%d: energy VAD kept %d of %d frames (%.1f %%)", job, nj, writer.rows, total,
+                 100.0 * writer.rows / max(total, 1))
+    audio_s = total * ext.frame_shift_seconds
     log.info("job %d/%d: %d utterances, %d frames (~%.1f s of audio) in %.1f s (%.0fx real time) -> %s",
              job, nj, writer.count, writer.rows, audio_s, dt, audio_s / max(dt, 1e-9), part.ark)
     return True
 
 
 def merge(data: Path, out: Path, cfg: Dict[str, Any], nj: int,
-          items: Optional[List[Tuple[str, str]]] = None) -> None:
+          items: Optional[List[Tuple[str, str]]] = None, vad: Optional[Dict[str, Any]] = None) -> None:
     """Join the jobs' scp / utt2num_frames, copy the data-dir text files, write feat_conf.yaml and .done."""
     items = items if items is not None else read_wav_scp(data)
-    discard_stale(data, out, cfg, items)
-    fp = fingerprint(data, cfg, items)
+    discard_stale(data, out, cfg, items, vad)
+    fp = fingerprint(data, cfg, items, vad)
     parts = [job_part(out, items, job, nj) for job in range(1, nj + 1)]
-    stage.require_complete(parts, {"options": cfg}, what=str(out))
+    stage.require_complete(parts, options(cfg, vad), what=str(out))
     stage.merge(parts, out / "feats.scp", num_frames=out / "utt2num_frames", keys=[utt for utt, _ in items])
     for src in copied_files(data):
         with atomic_path(out / src.name) as tmp:
@@ -205,28 +219,34 @@ def merge(data: Path, out: Path, cfg: Dict[str, Any], nj: int,
     with atomic_write(out / "feat_conf.yaml", encoding="utf-8") as f:
         f.write(f"# resolved feature options of {out} (pysv.features; Kaldi option names in snake_case)\n")
         f.write(config_to_yaml(cfg))
+        if vad is not None:
+            f.write("# voice activity detection (pysv.vad: compute-vad, then select-voiced-frames after CMVN);\n"
+                    "# not a feature option: remove this key before pysv.features.resolve_config\n")
+            f.write(config_to_yaml({"vad": vad}))
     dim = feature_dim(cfg)
     stage.write(out / ".done", fp, outputs=[out / "utt2num_frames", out / "feat_conf.yaml", *(p.ark for p in parts)],
                 utts=len(items), dim=dim)
     log.info("merged %d jobs: %d utterances, dim %d -> %s/feats.scp", nj, len(items), dim, out)
 
 
-def is_done(data: Path, out: Path, cfg: Dict[str, Any], items: Optional[List[Tuple[str, str]]] = None) -> bool:
+def is_done(data: Path, out: Path, cfg: Dict[str, Any], items: Optional[List[Tuple[str, str]]] = None,
+            vad: Optional[Dict[str, Any]] = None) -> bool:
     """``<out>`` holds complete features for these options, this wav.scp and these text files."""
     items = items if items is not None else read_wav_scp(data)
     # feats.scp is not size-checked: it names the arks by path, and a moved dir's scp may be rewritten
-    return stage.check(out / ".done", fingerprint(data, cfg, items)) is None and (out / "feats.scp").is_file()
+    return (stage.check(out / ".done", fingerprint(data, cfg, items, vad)) is None
+            and (out / "feats.scp").is_file())
 
 
-def run_all(data: Path, out: Path, cfg: Dict[str, Any], nj: int = 1) -> None:
+def run_all(data: Path, out: Path, cfg: Dict[str, Any], nj: int = 1, vad: Optional[Dict[str, Any]] = None) -> None:
     items = read_wav_scp(data)
-    if is_done(data, out, cfg, items):
+    if is_done(data, out, cfg, items, vad):
         log.info("%s is complete for these options and inputs (%s/.done), skipping", out, out)
         return
     check_files_exist(items, f"{data}/wav.scp")
     for job in range(1, nj + 1):
-        run_job(data, out, cfg, job, nj, items=items)
-    merge(data, out, cfg, nj, items=items)
+        run_job(data, out, cfg, job, nj, items=items, vad=vad)
+    merge(data, out, cfg, nj, items=items, vad=vad)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -252,9 +272,14 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--is-done", action="store_true",
                    help="exit 0 if <out> is complete for these options, this wav.scp and the text files it copies, "
                         "3 otherwise (computes nothing)")
+    p.add_argument("--vad", default="none", choices=VAD_METHODS,
+                   help="energy: keep only the voiced frames (Kaldi compute-vad with the VoxCeleb recipe's options "
+                        "+ select-voiced-frames after deltas and CMVN); vad_<option>=value overrides an option of "
+                        f"{sorted(VAD_DEFAULTS)} (default none)")
     p.add_argument("--log-file", default=None, help="also write the log to this file")
     p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="feature option overrides, e.g. dither=0 snip_edges=false resample=resample channel=0")
+                   help="feature option overrides, e.g. dither=0 snip_edges=false resample=resample channel=0; "
+                        "with --vad energy also vad_energy_threshold=5.0 ...")
     return p
 
 
@@ -269,20 +294,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log.error("--job and --merge are exclusive")
         return 2
     try:
-        cfg = resolve(args.feat_config, parse_overrides(args.overrides))
+        feat_overrides, vad_overrides = split_vad_overrides(parse_overrides(args.overrides))
+        cfg = resolve(args.feat_config, feat_overrides)
+        vad = vad_options(args.vad, **vad_overrides)
         if args.is_done:
-            return 0 if is_done(args.data, args.out, cfg) else 3
+            return 0 if is_done(args.data, args.out, cfg, vad=vad) else 3
         if args.check:
             items = read_wav_scp(args.data)
             check_files_exist(items, f"{args.data}/wav.scp")
-            log.info("%s: %d utterances, all audio files present; %s, dim %d",
-                     args.data, len(items), cfg["name"], feature_dim(cfg))
+            log.info("%s: %d utterances, all audio files present; %s, dim %d%s",
+                     args.data, len(items), cfg["name"], feature_dim(cfg), "" if vad is None else ", energy VAD")
         elif args.job is not None:
-            run_job(args.data, args.out, cfg, args.job, args.nj)
+            run_job(args.data, args.out, cfg, args.job, args.nj, vad=vad)
         elif args.merge:
-            merge(args.data, args.out, cfg, args.nj)
+            merge(args.data, args.out, cfg, args.nj, vad=vad)
         else:
-            run_all(args.data, args.out, cfg, args.nj)
+            run_all(args.data, args.out, cfg, args.nj, vad=vad)
     except (DataError, ValueError, FileNotFoundError) as e:
         log.error("%s", e)
         return 1
