@@ -136,8 +136,11 @@ if [[ $stage -le 2 && $stop_stage -ge 2 ]]; then
   log "stage 2: training"
   for sys in $system_list; do
     log "training $sys"
+    init_opts=()  # a fine-tuning system starts from a run of this experiment root (conf names exp/...)
+    init=$(python -m pysv.bin.systems get "$sys" train.init_from)
+    [[ $init == exp/* && $exp != exp ]] && init_opts=("train.init_from=$exp/${init#exp/}")
     args=(--config "conf/$sys.yaml" --exp-dir "$exp/$sys" --resume "data.train=data/$train_set" $profile
-          ${augment_opts[@]+"${augment_opts[@]}"} $train_opts)
+          ${augment_opts[@]+"${augment_opts[@]}"} ${init_opts[@]+"${init_opts[@]}"} $train_opts)
     [[ $overwrite == true ]] && args=(--overwrite "${args[@]}")
     if [[ $ngpu -gt 1 ]]; then
       launcher=(torchrun --standalone --nproc_per_node "$ngpu" -m pysv.bin.train --device cuda)
