@@ -34,6 +34,7 @@ test_data_dir=            # kaldi: Kaldi data dir of the test set
 trials=                   # kaldi: trial list of the test set (default: <test-data-dir>/trials, else generated)
 musan_dir=                # optional: MUSAN root (e.g. ../shared/data/noise): training augmentation with it
 rirs_dir=                 # optional: RIRS_NOISES root (e.g. ../shared/data/rir): reverberation in training
+vad=none                  # stage 1: energy = keep only voiced frames (Kaldi compute-vad, VoxCeleb options)
 speed_perturb=none        # training: none | new (0.9/1.0/1.1 on the fly, copies = new speakers) | same (same speakers)
 systems=default           # default | paper | all | list of conf/<system>.yaml names
 nj=2                      # parallel jobs for features and extraction
@@ -109,11 +110,11 @@ if [[ $stage -le 1 && $stop_stage -ge 1 ]]; then
   log "stage 1: features"
   feats=$(for s in $system_list; do python -m pysv.bin.systems get "$s" data.feature; done | sort -u | grep -v '^$' || true)
   for feat in $feats; do
-    steps/make_features.sh --nj "$nj" --cmd "$cpu_cmd" --force "$force" "$feat" "data/$train_set" \
+    steps/make_features.sh --nj "$nj" --cmd "$cpu_cmd" --force "$force" --vad "$vad" "$feat" "data/$train_set" \
       "data/${train_set}_$(basename "$feat" .yaml)"
     # the sets a system is tested on: no dither, so that the features (and stage 3's embeddings) are
     # those `pysv.load(...).embed` computes for the same audio
-    steps/make_features.sh --nj "$nj" --cmd "$cpu_cmd" --force "$force" "$feat" "data/$test_set" \
+    steps/make_features.sh --nj "$nj" --cmd "$cpu_cmd" --force "$force" --vad "$vad" "$feat" "data/$test_set" \
       "data/${test_set}_$(basename "$feat" .yaml)" dither=0
   done
 fi

@@ -7,7 +7,8 @@ scoring and verification (:mod:`pysv.inference`).
 __version__ = "0.1.0"
 
 
-def load(path, device: str = "cpu"):
-    """The trained system at ``path``: a :class:`pysv.inference.SpeakerModel`."""
+def load(path, device: str = "cpu", vad=None):
+    """The trained system at ``path``: a :class:`pysv.inference.SpeakerModel` (``vad="energy"``:
+    voiced frames only, as stage 1 with ``--vad energy``)."""
     from pysv.inference import load as _load  # deferred: `import pysv.<module>` stays light (no torch)
-    return _load(path, device=device)
+    return _load(path, device=device, vad=vad)

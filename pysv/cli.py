@@ -27,6 +27,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--resample", action="store_true", help="resample audio at another rate (else refused)")
     p.add_argument("--channel", type=int, default=None, help="channel of multi-channel audio")
+    p.add_argument("--vad", default=None, choices=("energy",),
+                   help="keep only voiced frames (Kaldi compute-vad; for models trained with run.sh --vad energy)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
                   f"embedding [1, {meta['embed_dim']}]", file=sys.stderr)
         print(f"pysv export: wrote {args.out}")
         return 0
-    model = load(args.model, device=args.device)
+    model = load(args.model, device=args.device, vad=args.vad)
     kw = dict(resample=args.resample, channel=args.channel)
     if args.command == "verify":
         score, accept = model.verify(args.a, args.b, **kw)

@@ -30,6 +30,7 @@ from pysv.calibration import Calibration
 from pysv.embed import MODES, embed_one, resolve_protocol
 from pysv.train import checkpoint
 from pysv.utils.io import DataError, atomic_write, read_audio
+from pysv.vad import apply_energy_vad, vad_options
 
 Audio = Union[str, Path, np.ndarray, torch.Tensor]
 
@@ -37,15 +38,16 @@ Audio = Union[str, Path, np.ndarray, torch.Tensor]
 _MODE_OF_ARCHIVE = {"xvector": "full", "xvector_crops": "crops", "xvector_tta": "tta"}
 
 
-def load(path: Union[str, Path], device: str = "cpu") -> "SpeakerModel":
-    """The trained system at ``path`` (``exp/<system>`` or an exported bundle)."""
-    return SpeakerModel(path, device=device)
+def load(path: Union[str, Path], device: str = "cpu", vad: Optional[str] = None) -> "SpeakerModel":
+    """The trained system at ``path`` (``exp/<system>`` or an exported bundle); ``vad="energy"``
+    keeps only the voiced frames (Kaldi's compute-vad, :mod:`pysv.vad`), as stage 1 with ``--vad energy``."""
+    return SpeakerModel(path, device=device, vad=vad)
 
 
 class SpeakerModel:
     """A trained speaker-embedding system with its back-ends; see the module doc."""
 
-    def __init__(self, path: Union[str, Path], device: str = "cpu"):
+    def __init__(self, path: Union[str, Path], device: str = "cpu", vad: Optional[str] = None):
         self.root = Path(path)
         if not self.root.is_dir():
             raise DataError(f"{self.root}: not a directory (expected exp/<system> or an exported bundle)")
@@ -67,6 +69,9 @@ class SpeakerModel:
             self.sample_rate = self.features.sample_rate
         else:
             self.sample_rate = int(self.cfg["model"]["hparams"].get("sample_rate", 16000))
+        self.vad = vad_options(vad)
+        if self.vad is not None and self.features is None:
+            raise ValueError(f"vad={vad!r}: {self.system} takes waveforms, there are no feature frames to select")
         self.embed_dim = int(self.encoder.embed_dim)
         self.train_set = Path(self.cfg["data"]["train"]).name
         self.results = self._read_results()
@@ -108,6 +113,9 @@ class SpeakerModel:
     def _model_input(self, samples: np.ndarray) -> np.ndarray:
         if self.features is None:
             return samples
+        if self.vad is not None:
+            return apply_energy_vad(samples, self.sample_rate, self.features,
+                                    **{k: v for k, v in self.vad.items() if k != "method"})
         return self.features(samples, self.sample_rate)
 
     @torch.no_grad()

@@ -203,3 +203,21 @@ def test_embed_score_and_export_commands(trained, tmp_path, capsys):
     # errors name the file at fault
     assert cli.main(["verify", "--model", str(exp), str(tmp_path / "missing.wav"), str(tmp_path / "e.ark")]) == 1
     assert "missing.wav" in capsys.readouterr().err
+
+
+def test_energy_vad_at_inference(trained):
+    import torch
+
+    from pysv.vad import apply_energy_vad
+    model = pysv.load(trained["exp"], vad="energy")
+    wav = sorted(read_table(trained["test"] / "wav.scp").values())[0]
+    x, sr = sf.read(wav, dtype="float32")
+    silence = np.zeros(8000, np.float32)
+    padded = np.concatenate([silence, x, silence])  # leading / trailing silence is dropped
+    feats = apply_energy_vad(padded, sr, model.features)
+    assert feats.shape[0] < model.features(padded, sr).shape[0]
+    with torch.no_grad():
+        want = model.encoder(torch.from_numpy(feats)[None])[0].numpy()
+    np.testing.assert_allclose(model.embed(padded, sample_rate=sr), want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError):
+        pysv.load(trained["exp"], vad="spectral")

@@ -3,6 +3,8 @@ utterances without a voiced frame, alignment with the feature frames, and stage 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -237,3 +239,20 @@ def test_make_features_vad(tmp_path):
     # VAD options without --vad energy, or unknown ones, are errors
     assert cli(data, tmp_path / "x", "--check", "vad_energy_threshold=4") == 1
     assert cli(data, tmp_path / "x", "--vad", "energy", "--check", "vad_bogus=4") == 1
+
+
+def test_make_features_sh_vad(tmp_path):
+    repo = Path(__file__).resolve().parent.parent
+    data = make_data_dir(tmp_path)
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    cmd = [str(repo / "steps" / "make_features.sh"), "--nj", "1", "--vad", "energy", "fbank40", str(data), str(out),
+           "dither=0"]
+    r = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "with energy VAD" in r.stdout
+    assert json.loads((out / ".done").read_text())["fingerprint"]["vad"]["method"] == "energy"
+    r = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "skipping" in r.stdout
+    bad = cmd[:3] + ["webrtc"] + cmd[4:]
+    assert subprocess.run(bad, cwd=repo, env=env, capture_output=True, text=True, timeout=60).returncode != 0
