@@ -121,8 +121,7 @@ def run(args: argparse.Namespace) -> int:
             raise DataError(f"{args.trials}: utterance '{missing[0]}' is not in {args.wav_scp} "
                             f"({len(missing)} missing)")
         backend = args.backend or model.default_backend
-        from pysv.backend import SCORERS
-        mode = {"xvector": "full", "xvector_crops": "crops", "xvector_tta": "tta"}[SCORERS[backend].archive]
+        mode = model.mode_for(backend)
         emb = {u: model.embed(table[u], mode=mode, **kw) for u in sorted({u for a, b, _ in trials for u in (a, b)})}
         with atomic_write(args.out) as f:
             for a, b, _ in trials:

@@ -229,6 +229,14 @@ def config_to_yaml(cfg: Mapping[str, Any]) -> str:
 # Kaldi building blocks (numpy, float64 where Kaldi uses double, then float32)
 # --------------------------------------------------------------------------------------------
 
+def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    """``x`` (float32, along its first axis) from ``sr_in`` to ``sr_out`` Hz (``scipy.signal.resample_poly``)."""
+    if int(sr_in) == int(sr_out):
+        return x
+    g = math.gcd(int(sr_in), int(sr_out))
+    return resample_poly(x, int(sr_out) // g, int(sr_in) // g).astype(np.float32)
+
+
 def window_size(sample_rate: float, ms: float) -> int:
     """Kaldi ``FrameExtractionOptions::WindowSize/WindowShift``: int(samp_freq * 0.001 * ms)."""
     return int(float(sample_rate) * 0.001 * float(ms))
@@ -522,8 +530,7 @@ class FeatureExtractor:
             if cfg["resample"] != "resample":
                 raise DataError(f"sample rate {sr} Hz differs from the configured {self.sample_rate} Hz; "
                                 f"enable resampling with the option resample=resample (or convert the audio)")
-            g = math.gcd(sr, self.sample_rate)
-            x = resample_poly(x, self.sample_rate // g, sr // g).astype(np.float32)
+            x = resample(x, sr, self.sample_rate)
         if not np.isfinite(x).all():
             raise DataError("audio contains NaN or infinite samples")
         if not x.any():

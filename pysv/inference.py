@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import scipy.signal
 import torch
 
 import pysv
@@ -27,15 +26,15 @@ from pysv.backend import SCORERS, ScoringOptions, TrialSides, read_kaldi_matrix,
 from pysv.backend.pipeline import BACKEND_FILES
 from pysv.backend.scorers import input_files, load_input
 from pysv.calibration import Calibration
-from pysv.embed import MODES, embed_one, resolve_protocol
+from pysv.embed import MODES, archive_name, embed_one, resolve_protocol
 from pysv.train import checkpoint
 from pysv.utils.io import DataError, atomic_write, read_audio
 from pysv.vad import apply_energy_vad, vad_options
 
 Audio = Union[str, Path, np.ndarray, torch.Tensor]
 
-#: stage-3 archive of each protocol, and back
-_MODE_OF_ARCHIVE = {"xvector": "full", "xvector_crops": "crops", "xvector_tta": "tta"}
+#: the protocol (embedding mode) of each stage-3 archive
+_MODE_OF_ARCHIVE = {archive_name(mode): mode for mode in MODES}
 
 
 def load(path: Union[str, Path], device: str = "cpu", vad: Optional[str] = None) -> "SpeakerModel":
@@ -104,8 +103,7 @@ class SpeakerModel:
             if not resample:
                 raise DataError(f"{what}: sample rate {rate} Hz, the model takes {self.sample_rate} Hz; "
                                 "pass resample=True to resample")
-            g = np.gcd(rate, self.sample_rate)
-            x = scipy.signal.resample_poly(x, self.sample_rate // g, rate // g).astype(np.float32)
+            x = features_lib.resample(x, rate, self.sample_rate)
         if not np.isfinite(x).all():
             raise DataError(f"{what}: the waveform holds NaN or inf")
         return x
@@ -175,14 +173,18 @@ class SpeakerModel:
                 return arr.astype(np.float32)
         return self.embed(x, mode=mode, **kw)
 
+    def mode_for(self, backend: str) -> str:
+        """The embedding mode (:meth:`embed`) whose embeddings back-end ``backend`` scores."""
+        if backend not in SCORERS:
+            raise ValueError(f"unknown back-end {backend!r}; choose one of {', '.join(SCORERS)}")
+        return _MODE_OF_ARCHIVE[SCORERS[backend].archive]
+
     def score(self, a, b, backend: Optional[str] = None, **kw) -> float:
         """Score of two inputs (paths, waveforms, or embeddings of :meth:`embed` in the mode the
         back-end needs) with a stage-5 back-end (default: :attr:`default_backend`)."""
         backend = backend or self.default_backend
-        if backend not in SCORERS:
-            raise ValueError(f"unknown back-end {backend!r}; choose one of {', '.join(SCORERS)}")
         scorer = SCORERS[backend]
-        mode = _MODE_OF_ARCHIVE[scorer.archive]
+        mode = self.mode_for(backend)
         ea, eb = self._as_embedding(a, mode, **kw), self._as_embedding(b, mode, **kw)
         inputs = {name: self._input(name, backend) for name in scorer.reads}
         sides = TrialSides(ea[None], eb[None], np.zeros(1, np.int64), np.zeros(1, np.int64))

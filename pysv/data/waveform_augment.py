@@ -38,10 +38,11 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import soundfile as sf
 import torch
-from scipy.signal import fftconvolve, resample_poly
+from scipy.signal import fftconvolve
 
 from pysv.data.dataset import SpeakerIndex
 from pysv.data.spec_augment import enabled_section
+from pysv.features import resample
 from pysv.utils.io import DataError
 
 log = logging.getLogger(__name__)
@@ -146,13 +147,6 @@ def _power(x: np.ndarray) -> float:
     return float(np.mean(np.square(x, dtype=np.float64))) if x.size else 0.0
 
 
-def _resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
-    if sr_in == sr_out:
-        return x
-    g = math.gcd(int(sr_in), int(sr_out))
-    return resample_poly(x, sr_out // g, sr_in // g).astype(np.float32)
-
-
 def _fit_length(x: np.ndarray, n: int) -> np.ndarray:
     if x.shape[0] >= n:
         return x[:n]
@@ -164,7 +158,7 @@ def read_segment(path: str, num_samples: int, rng: np.random.Generator,
     """A random ``num_samples`` segment of ``path`` (first channel, float32), read partially.
 
     Files shorter than the request are wrap-repeated. When the file's rate differs from
-    ``sample_rate`` the needed span is read and resampled with ``resample_poly``.
+    ``sample_rate`` the needed span is read and resampled (:func:`pysv.features.resample`).
     """
     try:
         f = sf.SoundFile(path)
@@ -183,7 +177,7 @@ def read_segment(path: str, num_samples: int, rng: np.random.Generator,
         else:
             seg = f.read(dtype="float32", always_2d=True)[:, 0]
     if sample_rate is not None and sr_file != sample_rate:
-        seg = _resample(seg, sr_file, sample_rate)
+        seg = resample(seg, sr_file, sample_rate)
     return _fit_length(seg, num_samples)
 
 
@@ -194,7 +188,7 @@ def _read_rir(path: str, sample_rate: Optional[int]) -> np.ndarray:
         raise DataError(f"cannot read RIR file {path}: {e}") from None
     rir = rir[:, 0]
     if sample_rate is not None:
-        rir = _resample(rir, sr_file, sample_rate)
+        rir = resample(rir, sr_file, sample_rate)
     return rir
 
 

@@ -77,7 +77,11 @@ class Registry:
         return self._classes[self.canonical(name)]
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self._aliases.get(name.strip().lower(), name.strip().lower()) in self._classes
+        try:
+            self.canonical(name)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return False
+        return True
 
     def _signature(self, name: str) -> Dict[str, inspect.Parameter]:
         params = inspect.signature(self.get(name).__init__).parameters
