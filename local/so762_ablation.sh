@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The small-data ablation of RESULTS.md §8 on ../shared/data/so762_dev (speechocean762, 125 speakers):
+# every row is the recipe (run.sh stages 2-5) on the same speaker-disjoint split of stage 0 (100
+# training speakers, 10 of them held out as validation speakers, 25 unseen test speakers), with one
+# training budget (train.max_minutes) on this machine's CPU. Choices are made on the validation
+# speakers (history.json valid_eer); the test columns are reported, not used.
+#
+#   local/so762_ablation.sh [--minutes 10] [--exp-root exp_so762_abl] [ROW ...]   (default: every row)
+#
+# Needs stages 0-1 of the split first (the augmentation manifests included):
+#   ./run.sh --corpus folder --corpus-dir ../shared/data/so762_dev/wav --name so762 \
+#            --musan-dir ../shared/data/noise --rirs-dir ../shared/data/rir --stage 0 --stop-stage 1
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+minutes=10
+exp_root=exp_so762_abl
+corpus_dir=../shared/data/so762_dev/wav
+noise_dir=../shared/data/noise
+rir_dir=../shared/data/rir
+backends="cosine cosine_mean plda asnorm"
+. ./utils/parse_options.sh
+
+all_rows="vt mean none mean_aug mean_aug_sp aam_aug aam_aug_spnew mmpb_aug aam_aug_lmft"
+rows=${*:-$all_rows}
+corpus=(--corpus folder --corpus-dir "$corpus_dir" --name so762)
+aug=(--musan-dir "$noise_dir" --rirs-dir "$rir_dir")
+budget="train.epochs=1000 train.max_minutes=$minutes"
+
+# row NAME SYSTEM TRAIN_OPTS [RUN.SH OPTIONS...]: stages 2-5 of SYSTEM under $exp_root/NAME
+row() {
+  local name=$1 sys=$2 opts=$3
+  shift 3
+  echo "=== row $name: $sys ($opts $*)"
+  ${RUN_SH:-./run.sh} "${corpus[@]}" --stage 2 --exp "$exp_root/$name" --systems "$sys" --backends "$backends" \
+    --train-opts "$opts" "$@"
+}
+
+for r in $rows; do
+  case $r in
+    # voxceleb_trainer's defaults (Adam 1e-3, batch 100 = 50 x 2, 2 s crops, instance norm, 10 x 3 s crops)
+    vt)            row vt thin_resnet34_angleproto_vt "$budget sampler.batch_size=100" ;;
+    # pysv's MP-2021 Thin-ResNet34 + angleproto: SGD, lr 0.2 at batch 400 scaled to 64, plateau schedule
+    mean)          row mean thin_resnet34_angleproto "$budget model.hparams.input_norm=mean" ;;
+    none)          row none thin_resnet34_angleproto "$budget model.hparams.input_norm=none" ;;
+    mean_aug)      row mean_aug thin_resnet34_angleproto "$budget model.hparams.input_norm=mean" "${aug[@]}" ;;
+    mean_aug_sp)   row mean_aug_sp thin_resnet34_angleproto "$budget model.hparams.input_norm=mean" "${aug[@]}" \
+                     --speed-perturb same ;;
+    aam_aug)       row aam_aug thin_resnet34_aamsoftmax "$budget model.hparams.input_norm=mean" "${aug[@]}" ;;
+    aam_aug_spnew) row aam_aug_spnew thin_resnet34_aamsoftmax "$budget model.hparams.input_norm=mean" "${aug[@]}" \
+                     --speed-perturb new ;;
+    mmpb_aug)      row mmpb_aug thin_resnet34_mmp_balance "$budget model.hparams.input_norm=mean" "${aug[@]}" ;;
+    # large-margin fine-tuning of the aam_aug row's model (conf/thin_resnet34_aamsoftmax_lmft.yaml:
+    # init_from <root>/thin_resnet34_aamsoftmax/final.pt), 5 epochs
+    aam_aug_lmft)  row aam_aug thin_resnet34_aamsoftmax_lmft "model.hparams.input_norm=mean" "${aug[@]}" ;;
+    *) echo "$0: unknown row '$r' (rows: $all_rows)" >&2; exit 1 ;;
+  esac
+done
+python -m pysv.bin.results_table --exp-root "$exp_root" 2>/dev/null || true
