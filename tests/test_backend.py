@@ -360,6 +360,40 @@ def test_asnorm_cosine_hand():
     np.testing.assert_allclose(got, [-(1 + r) / (1 - r)], rtol=1e-6)
 
 
+def _wespeaker_asnorm(enroll, test, pairs, cohort, mean, top_n):
+    """wespeaker/bin/score_norm.py (v1.2) restated: subtract the training mean from the evaluation
+    and cohort embeddings, length-normalise, sort each row's cohort cosines descending, mean/std of
+    the first top_n, raw score = cosine after mean subtraction (wespeaker/bin/score.py)."""
+    def unit(x):
+        x = x - mean
+        return x / np.sqrt(np.sum(x ** 2, axis=1, keepdims=True))
+
+    def stats(x):
+        s = np.sort(unit(x) @ unit(cohort).T, axis=1)[:, ::-1][:, :top_n]
+        return s.mean(axis=1), s.std(axis=1)
+
+    (me, se), (mt, st) = stats(enroll), stats(test)
+    out = []
+    for e, t in pairs:
+        score = (unit(enroll[e:e + 1]) @ unit(test[t:t + 1]).T).item()
+        out.append(0.5 * ((score - me[e]) / se[e] + (score - mt[t]) / st[t]))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("top_n", [5, 40, 300])
+def test_asnorm_equals_wespeakers_definition(top_n):
+    # the same inputs through pysv's vectorised AS-norm and wespeaker's per-trial loop: top_n 300 >
+    # cohort 60 is the whole cohort for both (np.sort(...)[:, :300] takes every column: S-norm)
+    rng = np.random.default_rng(11)
+    enroll, test = rng.normal(size=(30, 16)) + 0.5, rng.normal(size=(25, 16)) + 0.5
+    cohort = rng.normal(size=(60, 16)) + 0.5
+    mean = rng.normal(size=16) * 0.3
+    pairs = [(int(rng.integers(30)), int(rng.integers(25))) for _ in range(200)]
+    ei, ti = [p[0] for p in pairs], [p[1] for p in pairs]
+    got = asnorm_cosine_trials(enroll, test, ei, ti, cohort, top_n=min(top_n, 60), mean=mean)
+    np.testing.assert_allclose(got, _wespeaker_asnorm(enroll, test, pairs, cohort, mean, top_n), rtol=1e-4, atol=1e-4)
+
+
 def test_lda_with_fewer_utterances_than_dimensions_uses_pca_subspace():
     # 40 utterances of 10 speakers in 64 dims: the within-class covariance has rank 30 < 64.
     from pysv.backend import LDA

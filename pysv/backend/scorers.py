@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -51,6 +51,7 @@ class ScoringOptions:
     plda_smoothing: float = 0.0  # ivector-copy-plda --smoothing, applied when the model is loaded
     crops_normalize: bool = True  # L2-normalize each crop before the distances
     asnorm_top_n: Optional[int] = 300  # highest cohort scores per side; None: whole cohort (S-norm)
+    cohort_exclude: FrozenSet[str] = frozenset()  # speakers left out of the AS-norm cohort
 
 
 ScoreFn = Callable[[TrialSides, Mapping[str, Any], ScoringOptions], np.ndarray]
@@ -149,7 +150,13 @@ def load_input(name: str, files: List[Path], dim: int, options: ScoringOptions) 
     if name == "cohort":
         if not files[0].is_file():
             raise DataError(f"missing cohort: {files[0]} (stage 3 writes it with the embeddings of the training set)")
-        _, cohort = load_embeddings(files[0], what="cohort speaker embedding")
+        speakers, cohort = load_embeddings(files[0], what="cohort speaker embedding")
+        if options.cohort_exclude:  # e.g. the speakers of development trials scored against this cohort
+            keep = np.array([s not in options.cohort_exclude for s in speakers], dtype=bool)
+            if keep.sum() < 2:
+                raise DataError(f"{files[0]}: fewer than 2 cohort speakers remain after leaving out "
+                                f"{len(options.cohort_exclude)} speakers")
+            cohort = cohort[keep]
         if cohort.shape[1] != dim:
             raise DataError(f"cohort dimension {cohort.shape[1]} differs from the embeddings' {dim}")
         return cohort

@@ -10,8 +10,10 @@ scores them (``pysv.bin.score``, outputs ``scores/<train>_dev_<backend>``); the 
 development EER is calibrated by linear logistic regression (``pysv.calibration``) and
 ``exp/<system>/calibration.json`` records it with a threshold at the development EER point (or at
 ``--far``). ``pysv verify`` / ``SpeakerModel.verify`` use it; stage 5 then reports Cllr of the test
-scores. Note: the held-out speakers took no part in training the encoder, but they are in the
-training set that stage 4 fits LDA/PLDA on and that AS-norm takes its cohort from.
+scores. The held-out speakers took no part in training the encoder; run.sh leaves them out of
+stage 4's LDA/PLDA (``--exclude-speakers``) and this step leaves them out of the AS-norm cohort
+(``pysv.bin.score --cohort-exclude``): a development trial's own speaker in the cohort would raise
+its cohort mean and push its target scores down. The training mean still includes them.
 """
 from __future__ import annotations
 
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     for backend in args.backends.split():
         rc = score_bin.main(["--exp", str(exp), "--trials", str(trials_path), "--test-set", args.train_set,
                              "--train-set", args.train_set, "--trials-name", name, "--backend", backend,
-                             "--no-plot"] + (["--force"] if args.force else []))
+                             "--no-plot", "--cohort-exclude", str(valid)] + (["--force"] if args.force else []))
         if rc != 0:
             raise DataError(f"scoring the development trials with back-end {backend} failed (exit {rc})")
         dev[backend] = json.loads((exp / "scores" / f"{name}_{backend}.metrics").read_text())

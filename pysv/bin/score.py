@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--asnorm-top-n", type=int, default=300,
                    help="AS-norm: number of highest cohort scores used per utterance (default 300; "
                         "0 = whole cohort, i.e. S-norm)")
+    p.add_argument("--cohort-exclude", default=None, metavar="FILE",
+                   help="AS-norm: speakers (one per line) left out of the cohort, e.g. the speakers of "
+                        "development trials drawn from the training set (pysv.bin.calibrate)")
     p.add_argument("--p-target", type=float, nargs="+", default=[0.01, 0.05],
                    help="priors for minDCF (default 0.01 0.05; c_miss = c_fa = 1)")
     p.add_argument("--no-plot", action="store_true", help="do not draw the DET plot")
@@ -212,7 +215,9 @@ def run(args: argparse.Namespace) -> int:
     sides = TrialSides(E, T, ei, ti, num_enroll)
     options = ScoringOptions(plda_length_norm=args.plda_length_norm, plda_smoothing=args.plda_smoothing,
                              crops_normalize=args.crops_normalize,
-                             asnorm_top_n=None if args.asnorm_top_n <= 0 else args.asnorm_top_n)
+                             asnorm_top_n=None if args.asnorm_top_n <= 0 else args.asnorm_top_n,
+                             cohort_exclude=frozenset(Path(args.cohort_exclude).read_text().split())
+                             if args.cohort_exclude else frozenset())
 
     inputs = {n: load_input(n, files, E.shape[-1], options) for n, files in files_of.items()}
 
