@@ -86,6 +86,19 @@ log "corpus $corpus: train $train_set, test $test_set; systems: $(echo $system_l
 
 if [[ $stage -le 0 && $stop_stage -ge 0 ]]; then
   log "stage 0: data preparation"
+  if [[ -n $convert_audio && ($corpus == folder || $corpus == voxceleb && -n $vox2_dir) ]]; then
+    # --convert-audio DIR: the conversion in --nj jobs through $cpu_cmd (resumable); the preparation
+    # below, given the same DIR, then finds every file converted and only checks them
+    ca=$convert_audio; while [[ $ca == */ && $ca != / ]]; do ca=${ca%/}; done
+    if [[ $corpus == folder ]]; then
+      steps/convert_audio.sh --nj "$nj" --cmd "$cpu_cmd" --what corpus "$corpus_dir" "$ca"
+      if [[ -n $test_corpus_dir ]]; then
+        steps/convert_audio.sh --nj "$nj" --cmd "$cpu_cmd" --what "test corpus" "$test_corpus_dir" "${ca}_test"
+      fi
+    else
+      steps/convert_audio.sh --nj "$nj" --cmd "$cpu_cmd" --what VoxCeleb2 "$vox2_dir" "$ca"
+    fi
+  fi
   case $corpus in
     mini)     local/prepare_mini.sh --data-root data --min-utt-duration "$min_utt_duration" $force_flag ;;
     folder)   local/prepare_folder.sh --data-root data --name "$name" --corpus-dir "$corpus_dir" \

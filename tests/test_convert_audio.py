@@ -194,3 +194,147 @@ def test_cli_help_lists_convert_audio(capsys):
         with pytest.raises(SystemExit):
             prepare_main([sub, "--help"])
         assert "--convert-audio DIR" in capsys.readouterr().out
+
+
+# ---- parts (--part K/N) and steps/convert_audio.sh: the conversion through cmd.sh's launcher
+
+def copy_tree_of(root: Path, names) -> Path:
+    """``root/<name>.m4a`` for each relative name: copies of one short encoded file (encoding once
+    keeps these tests fast), plus one plain ``.wav`` to link."""
+    first = root / "_one.m4a"
+    encode_m4a(first, signal(0.3, 16000, 3), 16000)
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(first, root / f"{name}.m4a")
+    first.unlink()
+    sf.write(str(root / "spk0" / "plain.wav"), signal(0.3, 16000, 4), 16000, subtype="PCM_16")
+    return root
+
+
+NAMES = [f"spk{s}/{u:05d}" for s in range(2) for u in range(4)]
+
+
+def files_under(root: Path):
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if not p.is_dir()
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def test_part_of_is_a_stable_partition():
+    paths = [f"id{i:05d}/vid/{j:05d}.m4a" for i in range(50) for j in range(20)]
+    for n in (1, 2, 3, 8):
+        parts = [convert_audio.part_of(p, n) for p in paths]
+        assert set(parts) == set(range(1, n + 1))
+        counts = np.bincount(parts)[1:]
+        assert counts.min() > 0.7 * len(paths) / n  # balanced
+    assert convert_audio.part_of("spk0/00001.m4a", 4) == convert_audio.part_of("spk0/00001.m4a", 4)
+    with pytest.raises(ValueError, match="1 <= k <= n"):
+        convert_tree("/nonexistent", "/x", part=(3, 2))
+
+
+@needs_ffmpeg
+def test_parts_are_disjoint_and_together_the_whole_run(tmp_path):
+    src = copy_tree_of(tmp_path / "aac", NAMES)
+    whole = convert_tree(src, tmp_path / "all", nj=2, progress=False)
+    assert (whole.converted, whole.linked) == (8, 1)
+    reps, listed = [], []
+    for k in (1, 2):
+        reps.append(convert_tree(src, tmp_path / f"part{k}", part=(k, 2), nj=2, progress=False,
+                                 report_file=tmp_path / f"r{k}", progress_file=tmp_path / f"p{k}"))
+        listed.append(set(files_under(tmp_path / f"part{k}")))
+    assert listed[0] and listed[1] and not listed[0] & listed[1]  # both parts do something, disjoint
+    assert sorted(listed[0] | listed[1]) == files_under(tmp_path / "all")
+    assert sum(r.converted for r in reps) == 8 and sum(r.linked for r in reps) == 1
+    r1 = reps[0]
+    assert (tmp_path / "r1").read_text() == f"converted {r1.converted} done 0 linked {r1.linked} failed 0\n"
+    assert (tmp_path / "p1").read_text() == f"{r1.converted} {r1.converted}\n"
+    # the same parts again in one output tree: each finds only its own files, all done
+    for k in (1, 2):
+        convert_tree(src, tmp_path / "both", part=(k, 2), nj=2, progress=False)
+    rep = convert_tree(src, tmp_path / "both", progress=False)
+    assert (rep.converted, rep.done, rep.linked) == (0, 8, 0)
+
+
+@needs_ffmpeg
+def test_a_part_removes_only_its_own_stale_temp_files(tmp_path):
+    src = copy_tree_of(tmp_path / "aac", NAMES)
+    out = tmp_path / "flac"
+    names = NAMES[:4]  # one folder: spk0
+    mine = next(n for n in names if convert_audio.part_of(f"{n}.m4a", 2) == 1)
+    other = next(n for n in names if convert_audio.part_of(f"{n}.m4a", 2) == 2)
+    (out / "spk0").mkdir(parents=True)
+    stale_mine = out / "spk0" / f".{Path(mine).name}.flac.abcd1234.tmp"
+    in_progress = out / "spk0" / f".{Path(other).name}.flac.efgh5678.tmp"  # part 2 is writing it
+    for p in (stale_mine, in_progress):
+        p.write_bytes(b"half a flac")
+    convert_tree(src, out, part=(1, 2), progress=False)
+    assert not stale_mine.exists() and in_progress.read_bytes() == b"half a flac"
+    assert (out / f"{mine}.flac").is_file() and not (out / f"{other}.flac").exists()
+    convert_tree(src, out, part=(2, 2), progress=False)
+    assert not in_progress.exists() and (out / f"{other}.flac").is_file()
+
+
+def test_convert_audio_cli_errors(tmp_path, monkeypatch, capsys):
+    from pysv.bin import convert_audio as cli
+
+    src = tmp_path / "aac" / "spk0"
+    src.mkdir(parents=True)
+    (src / "a.m4a").write_bytes(b"\x00")
+    monkeypatch.setattr(convert_audio.shutil, "which", lambda name: None)
+    assert cli.main([str(tmp_path / "aac"), str(tmp_path / "out"), "--part", "1/1", "--no-progress"]) == 1
+    assert "pysv.bin.convert_audio: error: --convert-audio needs ffmpeg" in capsys.readouterr().err
+    for bad in ("0/2", "3/2", "x"):
+        with pytest.raises(SystemExit):
+            cli.main([str(tmp_path / "aac"), str(tmp_path / "out"), "--part", bad])
+    assert cli.part_arg("2/3") == (2, 3)
+
+
+def convert_sh(*args):
+    return subprocess.run(["steps/convert_audio.sh", "--cmd", "steps/launch/local.sh", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+@needs_ffmpeg
+def test_convert_audio_sh_runs_parts_through_the_launcher(tmp_path):
+    src = copy_tree_of(tmp_path / "aac", NAMES)
+    out = tmp_path / "flac"
+    r = convert_sh("--nj", 2, src, out)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{src} -> {out}: 8 converted, 0 already done, 1 linked, 0 failed (2 jobs" in r.stdout
+    assert files_under(out) == sorted([f"{n}.flac" for n in NAMES] + ["spk0/plain.wav"])
+    for k in (1, 2):
+        log = (out / ".log" / f"convert.{k}.log").read_text()
+        assert f"--part {k}/2" in log and "# Ended (code 0)" in log
+    # a killed run: one output missing, a half-written temp file; the re-run (other --nj) finishes it
+    (out / "spk1" / "00002.flac").unlink()
+    (out / "spk1" / ".00002.flac.abcd1234.tmp").write_bytes(b"half")
+    r = convert_sh("--nj", 3, src, out)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "1 converted, 7 already done, 0 linked, 0 failed (3 jobs" in r.stdout
+    assert not list(out.rglob("*.tmp")) and sf.info(str(out / "spk1" / "00002.flac")).frames > 0
+    # a file ffmpeg cannot read: its job fails, named with its log and the error; the rest is done
+    (src / "spk1" / "broken.m4a").write_bytes(b"\x00\x00\x00\x18ftypM4A not really")
+    k = convert_audio.part_of("spk1/broken.m4a", 2)
+    r = convert_sh("--nj", 2, src, out)
+    assert r.returncode == 1
+    assert "0 converted, 8 already done, 0 linked, 1 failed (2 jobs" in r.stdout
+    assert f"job {k} of 2 failed; see {out}/.log/convert.{k}.log" in r.stderr
+    assert "broken.m4a: ffmpeg failed" in r.stderr
+
+
+def test_convert_audio_sh_checks_its_arguments(tmp_path):
+    (tmp_path / "c").mkdir()
+    r = convert_sh(tmp_path / "c", tmp_path / "c" / "flac")
+    assert r.returncode == 1 and "inside" in r.stderr
+    r = convert_sh("--nj", 0, tmp_path / "c", tmp_path / "o")
+    assert r.returncode == 1 and "--nj must be a positive integer" in r.stderr
+    r = convert_sh(tmp_path / "missing", tmp_path / "o")
+    assert r.returncode == 1 and "not found" in r.stderr
+    r = subprocess.run(["steps/convert_audio.sh", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "--nj=4" in r.stdout and "--cmd=" in r.stdout
+
+
+def test_run_sh_converts_through_steps_convert_audio_sh():
+    text = (REPO / "run.sh").read_text()
+    assert text.count('steps/convert_audio.sh --nj "$nj" --cmd "$cpu_cmd"') == 3
+    assert '"$corpus_dir" "$ca"' in text and '"$test_corpus_dir" "${ca}_test"' in text
+    assert '"$vox2_dir" "$ca"' in text

@@ -45,6 +45,7 @@ def test_parse_options_booleans_arrays_and_the_end_of_options():
 
 SCRIPTS = {  # script: options it must list in --help
     "steps/make_features.sh": ["--nj=4", "--cmd=", "--force=false"],
+    "steps/convert_audio.sh": ["--nj=", "--cmd="],
     "steps/extract_embeddings.sh": ["--nj=2", "--cmd=", "--mode=full", "--precision=fp32", "--batch-seconds="],
     "steps/launch/local.sh": ["--max-jobs-run=", "--mem=", "--gpu="],
     "steps/launch/slurm.sh": ["--mem=", "--gpu=0", "--num-threads=", "--time=", "--max-jobs-run="],

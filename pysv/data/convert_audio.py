@@ -6,22 +6,34 @@ without a ``.wav`` / ``.flac`` twin becomes ``DIR/<same path>.flac``, and the ``
 already there are linked (symbolic links), so ``DIR`` is the whole corpus and is read instead of the
 source. The files are the ones :func:`pysv.data.prepare.find_audio_files` walks (hidden ones skipped).
 
-* ``nj`` conversions run at once: a pool of ``nj`` threads inside the stage-0 call, each running one
-  ffmpeg process (``-threads 1``) at a time;
+* ``nj`` conversions run at once: a pool of ``nj`` threads inside the calling process, each running
+  one ffmpeg process (``-threads 1``) at a time;
+* ``part=(k, n)`` does part ``k`` (1-based) of ``n``: only the files whose relative source path hashes
+  (:func:`part_of`, a stable hash of the path alone, so the split does not depend on the rest of the
+  tree) to part ``k`` are converted or linked. The ``n`` parts are disjoint and together are the whole
+  tree, so ``n`` processes, possibly on different machines (``steps/convert_audio.sh`` runs them
+  through ``cmd.sh``'s launcher, ``python -m pysv.bin.convert_audio --part K/N``), can convert one tree
+  into one ``DIR`` at the same time. A part touches only its own files: it removes the stale
+  temporary files of its own targets only, never those another part is writing;
 * resumable: each file is written to a temporary name next to its target and renamed when ffmpeg
   succeeded, so a file under its final name is complete; a run that was killed continues with the
   files not yet converted (a target older than its source is converted again), and temporary files
   left behind are removed;
 * a progress bar, and a final count (converted, already done, linked, failed); failed files are
-  listed with ffmpeg's message after every other file was converted.
+  listed with ffmpeg's message after every other file was converted. ``progress_file`` receives
+  ``<files processed> <files to convert>`` every few seconds and ``report_file`` the final count as
+  ``converted N done N linked N failed N`` (before a failure is raised), for a launcher that follows
+  several parts.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import shutil
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -30,7 +42,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from pysv.data.prepare import MAX_LISTED_ERRORS, find_audio_files
-from pysv.utils.io import DataError, remove_stale_temp, temp_path
+from pysv.utils.io import DataError, atomic_write, remove_stale_temp, temp_path
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +50,8 @@ FFMPEG_INSTALL = ("install it, e.g. `apt-get install ffmpeg` (Debian/Ubuntu), `c
                   "ffmpeg` or `brew install ffmpeg`, or convert the files yourself (docs/data.md)")
 #: lines of ffmpeg's stderr quoted for a file that failed
 STDERR_LINES = 3
+#: seconds between two writes of ``progress_file``
+PROGRESS_INTERVAL = 2.0
 
 
 @dataclasses.dataclass
@@ -48,6 +62,21 @@ class ConvertReport:
     done: int = 0  # already converted by an earlier run
     linked: int = 0  # .wav / .flac files linked into the output tree
     failed: List[str] = dataclasses.field(default_factory=list)
+
+
+def part_of(rel: str, n: int) -> int:
+    """The part (1..``n``) of the file at relative source path ``rel`` (posix separators): a stable
+    hash of the path alone, the same in every process, on every machine and whatever else the tree holds."""
+    digest = hashlib.blake2b(rel.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % n + 1
+
+
+def check_part(part: Optional[Tuple[int, int]]) -> Optional[Tuple[int, int]]:
+    if part is not None:
+        k, n = part
+        if not (isinstance(k, int) and isinstance(n, int) and 1 <= k <= n):
+            raise ValueError(f"part must be (k, n) with 1 <= k <= n, got {part!r}")
+    return part
 
 
 def find_ffmpeg() -> str:
@@ -107,10 +136,18 @@ def _link(src: str, dst: Path) -> bool:
     return True
 
 
+def _write_line(path, text: str) -> None:
+    with atomic_write(path) as f:
+        f.write(text + "\n")
+
+
 def convert_tree(src_dir, out_dir, sample_rate: int = 16000, nj: int = 1, progress: bool = True,
-                 what: str = "corpus") -> ConvertReport:
-    """Mirror ``src_dir`` into ``out_dir`` (see the module doc). Raises DataError naming the files
-    that failed (after converting all others) or when ffmpeg is missing."""
+                 what: str = "corpus", part: Optional[Tuple[int, int]] = None, progress_file=None,
+                 report_file=None) -> ConvertReport:
+    """Mirror ``src_dir`` into ``out_dir`` (see the module doc), or only part ``part = (k, n)`` of it.
+    Raises DataError naming the files that failed (after converting all others) or when ffmpeg is
+    missing."""
+    check_part(part)
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     if not src_dir.is_dir():
         raise DataError(f"{what} directory not found: {src_dir}")
@@ -121,20 +158,30 @@ def convert_tree(src_dir, out_dir, sample_rate: int = 16000, nj: int = 1, progre
         raise DataError(f"--convert-audio {out_dir} lies inside the {what} directory {src_dir}; give a directory "
                         "outside it")
     to_convert: List[str] = []
-    readable = find_audio_files(src_dir, to_convert)
+    readable = [rel.as_posix() for rel in find_audio_files(src_dir, to_convert)]
+    to_convert_rel = [Path(os.path.relpath(src, src_dir)).as_posix() for src in to_convert]
+    label = ""
+    if part is not None:
+        k, n = part
+        readable = [rel for rel in readable if part_of(rel, n) == k]
+        to_convert_rel = [rel for rel in to_convert_rel if part_of(rel, n) == k]
+        label = f" (part {k} of {n})"
     report = ConvertReport()
-    ffmpeg = find_ffmpeg() if to_convert else ""
+    ffmpeg = find_ffmpeg() if to_convert_rel else ""
     for rel in readable:
         if _link(os.path.abspath(src_dir / rel), out_dir / rel):
             report.linked += 1
-    jobs = [(src, out_dir / Path(os.path.relpath(src, src_dir)).with_suffix(".flac")) for src in to_convert]
-    logger.info("converting %d file(s) of %s with ffmpeg to %d Hz mono FLAC under %s (%d at once)",
-                len(jobs), src_dir, sample_rate, out_dir, nj)
+    jobs = [(str(src_dir / rel), out_dir / Path(rel).with_suffix(".flac")) for rel in to_convert_rel]
+    logger.info("converting %d file(s) of %s%s with ffmpeg to %d Hz mono FLAC under %s (%d at once)",
+                len(jobs), src_dir, label, sample_rate, out_dir, nj)
+    if progress_file is not None:
+        _write_line(progress_file, f"0 {len(jobs)}")
     errors: List[str] = []
+    last_write = time.monotonic()
     with ThreadPoolExecutor(max_workers=max(1, nj)) as ex:
         futures = {ex.submit(convert_file, ffmpeg, src, dst, sample_rate): src for src, dst in jobs}
-        for fut in tqdm(as_completed(futures), total=len(futures), desc=f"converting audio ({what})", unit="file",
-                        disable=None if progress else True, mininterval=1.0):
+        for i, fut in enumerate(tqdm(as_completed(futures), total=len(futures), desc=f"converting audio ({what})",
+                                     unit="file", disable=None if progress else True, mininterval=1.0), 1):
             converted, err = fut.result()
             if err:
                 errors.append(f"{futures[fut]}: {err}")
@@ -142,13 +189,21 @@ def convert_tree(src_dir, out_dir, sample_rate: int = 16000, nj: int = 1, progre
                 report.converted += 1
             else:
                 report.done += 1
+            if progress_file is not None and time.monotonic() - last_write >= PROGRESS_INTERVAL:
+                _write_line(progress_file, f"{i} {len(jobs)}")
+                last_write = time.monotonic()
     report.failed = sorted(errors)
-    logger.info("%s: %d converted, %d already done, %d linked, %d failed -> %s", src_dir, report.converted,
+    if progress_file is not None:
+        _write_line(progress_file, f"{len(jobs)} {len(jobs)}")
+    if report_file is not None:
+        _write_line(report_file, f"converted {report.converted} done {report.done} linked {report.linked} "
+                                 f"failed {len(report.failed)}")
+    logger.info("%s%s: %d converted, %d already done, %d linked, %d failed -> %s", src_dir, label, report.converted,
                 report.done, report.linked, len(report.failed), out_dir)
     if report.failed:
         n_fail, n_ok = len(report.failed), report.converted + report.done
         shown = "\n  ".join(report.failed[:MAX_LISTED_ERRORS])
         more = f"\n  ... and {n_fail - MAX_LISTED_ERRORS} more" if n_fail > MAX_LISTED_ERRORS else ""
-        raise DataError(f"{n_fail} file(s) of {src_dir} could not be converted (the {n_ok} others are under "
+        raise DataError(f"{n_fail} file(s) of {src_dir}{label} could not be converted (the {n_ok} others are under "
                         f"{out_dir}; run again to retry these):\n  {shown}{more}")
     return report
