@@ -21,7 +21,7 @@ rir_dir=../shared/data/rir
 backends="cosine cosine_mean plda asnorm"
 . ./utils/parse_options.sh
 
-all_rows="vt mean none mean_aug mean_aug_sp aam_aug aam_aug_spnew mmpb_aug aam_aug_lmft"
+all_rows="vt mean small none mean_aug mean_aug_sp aam_aug aam_aug_spnew mmpb_aug aam_aug_lmft"
 rows=${*:-$all_rows}
 corpus=(--corpus folder --corpus-dir "$corpus_dir" --name so762)
 aug=(--musan-dir "$noise_dir" --rirs-dir "$rir_dir")
@@ -53,6 +53,8 @@ for r in $rows; do
     # large-margin fine-tuning of the aam_aug row's model (conf/thin_resnet34_aamsoftmax_lmft.yaml:
     # init_from <root>/thin_resnet34_aamsoftmax/final.pt), 5 epochs
     aam_aug_lmft)  row aam_aug thin_resnet34_aamsoftmax_lmft "model.hparams.input_norm=mean" "${aug[@]}" ;;
+    # the recommended recipe as run.sh --systems small trains it (conf/small_data_cpu.yaml)
+    small)         row small small_data_cpu "" ;;
     *) echo "$0: unknown row '$r' (rows: $all_rows)" >&2; exit 1 ;;
   esac
 done
