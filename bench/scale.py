@@ -825,7 +825,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.child:
         print(json.dumps(CHILDREN[args.child](json.loads(args.params))), flush=True)
         return 0
+    saved = IN_PROCESS, BLAS_THREADS
     IN_PROCESS, BLAS_THREADS = args.in_process, args.blas_threads
+    try:
+        return _run(args)
+    finally:
+        IN_PROCESS, BLAS_THREADS = saved
+
+
+def _run(args) -> int:
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     temp = args.work_dir is None
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="pysv_scale_"))
