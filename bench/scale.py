@@ -548,15 +548,13 @@ def _random_embeddings(n: int, num_spks: int, dim: int, seed: int, chunk: int = 
 
 
 def child_write_emb(p: Dict[str, Any]) -> Dict[str, Any]:
-    from pysv.utils.stage import ArkWriter
+    from pysv.utils.stage import write_ark
     X, _ = _random_embeddings(p["utts"], p["speakers"], p["emb_dim"], 3)
     keys = [f"id{10000 + i // 123:05d}-emb{i:09d}" for i in range(p["utts"])]  # sorted, Kaldi style
     before = rss_gib()
     reset_peak()
     with Stopwatch() as sw:
-        with ArkWriter(p["ark"], p["scp"]) as w:
-            for k, v in zip(keys, X):
-                w.write(k, v)
+        write_ark(p["ark"], p["scp"], zip(keys, X))
     return _measured(sw, before, mb=Path(p["ark"]).stat().st_size / 1e6)
 
 

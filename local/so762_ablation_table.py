@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+from pysv.bin.results_table import read_training
+
 BACKENDS = ("cosine", "cosine_mean", "asnorm", "plda", "crops")
 
 
@@ -23,11 +25,11 @@ def row_line(row_dir: Path) -> str:
         return ""
     lines = []
     for sysdir in systems:
+        epochs, seconds = read_training(sysdir)
         hist = json.loads((sysdir / "history.json").read_text())
-        minutes = sum(e.get("seconds", 0.0) for e in hist) / 60
         valid = [e["valid_eer"] for e in hist if "valid_eer" in e]
         last3 = sum(valid[-3:]) / len(valid[-3:]) if valid else float("nan")
-        cells = [row_dir.name, sysdir.name, str(len(hist)), f"{minutes:.1f}",
+        cells = [row_dir.name, sysdir.name, str(epochs), f"{seconds / 60:.1f}",
                  f"{valid[-1]:.1f}" if valid else "-", f"{last3:.1f}"]
         dev = {}
         for b in BACKENDS:

@@ -32,10 +32,15 @@ log = logging.getLogger("pysv.convert_audio")
 
 def part_arg(text: str) -> Tuple[int, int]:
     """argparse type of --part: K/N with 1 <= K <= N."""
+    from pysv.data.convert_audio import check_part
+
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
-    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
-        raise argparse.ArgumentTypeError(f"expected K/N with 1 <= K <= N, got {text!r}")
-    return int(m.group(1)), int(m.group(2))
+    try:
+        if not m:
+            raise ValueError
+        return check_part((int(m.group(1)), int(m.group(2))))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K/N with 1 <= K <= N, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
