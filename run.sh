@@ -66,6 +66,9 @@ steps/bootstrap.sh
 log() { echo "$(date '+%H:%M:%S') [run.sh] $*"; }
 force_flag=; [[ $force == true ]] && force_flag=--force
 
+# profile: every system's adaptation to the corpus (pysv.bin.train --profile KEY=VALUE): applied
+# like an override, except to the keys a system lists in keep_over_profile (a fine-tuning step's or a
+# time-budgeted system's own epochs, a toolkit-equivalent config's batch)
 case $corpus in
   mini)     train_set=mini_train; test_set=mini_test; trial_lists="trials"
             # configs with optim.lr_batch scale their learning rate linearly to the profile's batch
@@ -153,7 +156,9 @@ if [[ $stage -le 2 && $stop_stage -ge 2 ]]; then
     init_opts=()  # a fine-tuning system starts from a run of this experiment root (conf names exp/...)
     init=$(python -m pysv.bin.systems get "$sys" train.init_from)
     [[ $init == exp/* && $exp != exp ]] && init_opts=("train.init_from=$exp/${init#exp/}")
-    args=(--config "conf/$sys.yaml" --exp-dir "$exp/$sys" --resume "data.train=data/$train_set" $profile
+    profile_args=(); for kv in $profile; do profile_args+=(--profile "$kv"); done
+    args=(--config "conf/$sys.yaml" --exp-dir "$exp/$sys" --resume "data.train=data/$train_set"
+          ${profile_args[@]+"${profile_args[@]}"}
           ${augment_opts[@]+"${augment_opts[@]}"} ${init_opts[@]+"${init_opts[@]}"} $train_opts)
     [[ $overwrite == true ]] && args=(--overwrite "${args[@]}")
     if [[ $ngpu -gt 1 ]]; then

@@ -99,3 +99,36 @@ def test_system_lists_name_existing_systems():
         assert set(names) <= set(available)
     assert systems_bin.expand(["default"], str(REPO / "conf")) == lists["default"]
     assert systems_bin.expand(["all"], str(REPO / "conf")) == available
+
+
+def test_profile_applies_except_to_the_keys_a_system_keeps(tmp_path):
+    (tmp_path / "base.yaml").write_text("train:\n  epochs: 80\n")
+    (tmp_path / "ft.yaml").write_text("_base_: base.yaml\nkeep_over_profile: [train.epochs]\ntrain:\n  epochs: 5\n")
+    profile = ["train.epochs=30", "sampler.batch_size=64"]
+    base = load_config(str(tmp_path / "base.yaml"), profile=profile, check_choices=False)
+    assert base["train"]["epochs"] == 30 and base["sampler"]["batch_size"] == 64
+    ft = load_config(str(tmp_path / "ft.yaml"), profile=profile, check_choices=False)
+    assert ft["train"]["epochs"] == 5 and ft["sampler"]["batch_size"] == 64
+    # an explicit override is the user's word: it wins over both
+    assert load_config(str(tmp_path / "ft.yaml"), ["train.epochs=2"], profile=profile,
+                       check_choices=False)["train"]["epochs"] == 2
+    (tmp_path / "bad.yaml").write_text("keep_over_profile: [train.epoch]\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: keep_over_profile names 'train.epoch'"):
+        load_config(str(tmp_path / "bad.yaml"), check_choices=False)
+
+
+def test_run_sh_profiles_leave_the_systems_own_budgets_and_batches():
+    """The folder profile of run.sh (train.epochs=30, batch 64) must not cut the fine-tuning step to
+    30 epochs, the time-budgeted small-data system to 30 epochs, or the voxceleb_trainer-equivalent
+    config's batch of 100."""
+    run_sh = (REPO / "run.sh").read_text()
+    folder = next(line for line in run_sh.splitlines() if line.strip().startswith('profile="train.epochs=30'))
+    profile = folder.split('"')[1].split()
+    conf = REPO / "conf"
+    lmft = load_config(str(conf / "thin_resnet34_aamsoftmax_lmft.yaml"), profile=profile, check_choices=False)
+    assert lmft["train"]["epochs"] == 5 and lmft["sampler"]["batch_size"] == 64
+    small = load_config(str(conf / "small_data_cpu.yaml"), profile=profile, check_choices=False)
+    assert small["train"]["max_minutes"] == 40 and small["train"]["epochs"] > 30
+    vt = load_config(str(conf / "thin_resnet34_angleproto_vt.yaml"), profile=profile, check_choices=False)
+    assert vt["sampler"]["batch_size"] == 100 and vt["train"]["epochs"] == 30
+    assert '--profile "$kv"' in run_sh

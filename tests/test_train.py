@@ -545,11 +545,16 @@ def test_speed_perturbation_resamples_with_lhotse(tiny_recipe):
 
 def test_large_margin_fine_tuning_config_starts_from_the_trained_system(tiny_recipe, tmp_path):
     base, _ = run_train(tiny_recipe, tmp_path, "thin_resnet34_aamsoftmax.yaml", "train.epochs=1", exp_name="base")
-    ft, _ = run_train(tiny_recipe, tmp_path, "thin_resnet34_aamsoftmax_lmft.yaml", "train.epochs=1",
-                      f"train.init_from={base / 'final.pt'}", exp_name="lmft")
+    ft = tmp_path / "lmft"
+    # run.sh's folder profile (30 epochs) does not replace the step's own epochs; an override still does
+    assert train_bin.main(["--config", str(REPO / "conf" / "thin_resnet34_aamsoftmax_lmft.yaml"), "--exp-dir", str(ft),
+                           "--threads", "2", "--profile", "train.epochs=30", "--profile", "train.average_last=1",
+                           *overrides(tiny_recipe, "train.epochs=1", f"train.init_from={base / 'final.pt'}")]) == 0
     log = (ft / "train.log").read_text()
     assert f"encoder initialised from {base / 'final.pt'}" in log
+    assert "keeps its own train.epochs over the profile's train.epochs=30" in log
     cfg = load_config(str(ft / "config.yaml"))
+    assert cfg["train"]["epochs"] == 1
     assert cfg["loss"]["hparams"]["margin"] == 0.5 and cfg["scheduler"]["name"] == "warmup_exp"
     assert load_config(str(REPO / "conf" / "thin_resnet34_aamsoftmax_lmft.yaml"))["data"]["crop"] == 600  # 6 s
     assert (ft / "final.pt").is_file()

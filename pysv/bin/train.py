@@ -31,6 +31,9 @@ def main(argv=None) -> int:
     p.add_argument("--init-from", default=None, metavar="CKPT",
                    help="fine-tune: start the encoder from a trained system's final.pt (the loss head, e.g. "
                         "a classifier for other speakers, starts new); same as train.init_from=CKPT")
+    p.add_argument("--profile", action="append", default=[], metavar="KEY=VALUE",
+                   help="a corpus profile value (repeatable): like an override, but not applied to a key "
+                        "the system lists in keep_over_profile (run.sh passes its per-corpus epochs / batch)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-progress", action="store_true", help="no progress bars (log lines instead)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0 = torch default)")
@@ -46,7 +49,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     overrides = list(args.overrides) + ([f"train.init_from={args.init_from}"] if args.init_from else [])
     try:
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(args.config, overrides, profile=args.profile)
     except ConfigError as e:
         print(f"pysv.bin.train: config error: {e}", file=sys.stderr)
         return 2
@@ -73,6 +76,10 @@ def main(argv=None) -> int:
         return 2
     setup_logging(str(exp / "train.log") if info.is_main else None,
                   level=logging.INFO if info.is_main else logging.WARNING)
+    kept = [item for item in args.profile if item.split("=", 1)[0].strip() in cfg["keep_over_profile"]]
+    if kept:
+        logging.getLogger("pysv.train").info("the system keeps its own %s over the profile's %s",
+                                             ", ".join(k.split("=", 1)[0] for k in kept), " ".join(kept))
     from pysv.train.trainer import NonFiniteLossError, Trainer
     trainer = Trainer(cfg, str(exp), info, resume=args.resume, progress=not args.no_progress and sys.stderr.isatty())
     try:

@@ -26,6 +26,8 @@ FREE_FORM = {"model.hparams", "loss.hparams", "data.augment", "data.spec_augment
 DEFAULTS: Dict[str, Any] = {
     "system": "",                 # name of the run; exp/<system>/ unless --exp-dir is given
     "seed": 1,
+    "keep_over_profile": [],      # dotted keys this system keeps when a corpus profile sets them
+                                  # (load_config(profile=...); run.sh's per-corpus epochs / batch)
     "data": {
         "train": "data/mini_train",   # Kaldi data dir (wav.scp, utt2spk); features in <train>_<feature>
         "feature": "fbank40",         # a named feature config (fbank40 | fbank64 | mfcc30), a feature yaml,
@@ -222,10 +224,16 @@ def read_chain(path, _seen: Sequence[Path] = ()) -> List[Tuple[Path, Dict[str, A
     return read_chain(p.parent / base, [*_seen, p]) + [(p, user)]
 
 
-def load_config(path: Optional[str], overrides: Sequence[str] = (), check_choices: bool = True) -> Dict[str, Any]:
-    """Defaults ← the ``_base_`` chain of the yaml file ← ``key=value`` overrides; every key,
-    type and value validated (``check_choices=False`` skips the names owned by the registries,
-    which import torch: for tools that only read values)."""
+def load_config(path: Optional[str], overrides: Sequence[str] = (), check_choices: bool = True,
+                profile: Sequence[str] = ()) -> Dict[str, Any]:
+    """Defaults ← the ``_base_`` chain of the yaml file ← ``profile`` ← ``key=value`` overrides; every
+    key, type and value validated (``check_choices=False`` skips the names owned by the registries,
+    which import torch: for tools that only read values).
+
+    ``profile`` holds ``key=value`` items too: a recipe's adaptation of every system to a corpus
+    (run.sh: fewer epochs and smaller batches than the papers' VoxCeleb runs). Unlike overrides they
+    skip the keys the system lists in ``keep_over_profile`` (a fine-tuning step's own epochs, a
+    time-budgeted system's epochs, a toolkit-equivalent config's batch)."""
     cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
         for p, user in read_chain(path):
@@ -236,6 +244,15 @@ def load_config(path: Optional[str], overrides: Sequence[str] = (), check_choice
                     raise ConfigError(f"{p}: {e}") from None
         if not cfg["system"]:
             cfg["system"] = Path(path).stem
+    keep = cfg["keep_over_profile"]
+    flat = _flatten(DEFAULTS)
+    for key in keep:
+        if not isinstance(key, str) or (key not in flat and key.rsplit(".", 1)[0] not in FREE_FORM):
+            raise ConfigError(f"{path}: keep_over_profile names {key!r}, which is not a config key")
+    for item in profile:
+        key, value = parse_override(item)
+        if key not in keep:
+            _set(cfg, key, value)
     for ov in overrides:
         key, value = parse_override(ov)
         _set(cfg, key, value)
