@@ -17,7 +17,7 @@ import sys
 from typing import List, Optional
 
 from pysv.utils.cli import run_cli
-from pysv.utils.io import DataError, atomic_write, read_table, read_trials
+from pysv.utils.io import DataError, read_table, read_trials, write_scores
 
 log = logging.getLogger("pysv.cli")
 
@@ -123,9 +123,7 @@ def run(args: argparse.Namespace) -> int:
         backend = args.backend or model.default_backend
         mode = model.mode_for(backend)
         emb = {u: model.embed(table[u], mode=mode, **kw) for u in sorted({u for a, b, _ in trials for u in (a, b)})}
-        with atomic_write(args.out) as f:
-            for a, b, _ in trials:
-                f.write(f"{a} {b} {model.score(emb[a], emb[b], backend=backend):.6f}\n")
+        write_scores(args.out, ((a, b, model.score(emb[a], emb[b], backend=backend)) for a, b, _ in trials))
         print(f"pysv score: {len(trials)} trials scored with back-end {backend} -> {args.out}", file=sys.stderr)
         return 0
     raise AssertionError(args.command)

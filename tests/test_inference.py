@@ -22,7 +22,7 @@ from pysv.bin import score as score_bin
 from pysv.bin import train as train_bin
 from pysv.calibration import Calibration, cllr, fit_logistic, min_cllr
 from pysv.inference import write_bundle
-from pysv.utils.io import DataError, read_table, read_trials
+from pysv.utils.io import DataError, read_scores, read_table, read_trials
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["sampler.batch_size=10", "data.crop=100", "data.num_workers=0", "data.valid_speakers=2",
@@ -55,8 +55,7 @@ def trained(tiny_recipe, tmp_path_factory):
 
 
 def _recipe_scores(exp: Path, backend: str):
-    return {(a, b): float(s) for a, b, s in (line.split() for line in
-                                             (exp / "scores" / f"tiny_test_{backend}").read_text().splitlines())}
+    return {(a, b): s for a, b, s in read_scores(exp / "scores" / f"tiny_test_{backend}")}
 
 
 def test_embed_equals_stage_3(trained):
@@ -185,9 +184,8 @@ def test_embed_score_and_export_commands(trained, tmp_path, capsys):
     assert cli.main(["score", "--model", str(exp), "--wav-scp", str(test / "wav.scp"), "--trials",
                      str(test / "trials"), "--out", str(tmp_path / "scores"), "--backend", "plda"]) == 0
     recipe = _recipe_scores(exp, "plda")
-    for line in (tmp_path / "scores").read_text().splitlines():
-        a, b, s = line.split()
-        assert float(s) == pytest.approx(recipe[(a, b)], abs=2e-3 * max(1, abs(recipe[(a, b)])))
+    for a, b, s in read_scores(tmp_path / "scores"):
+        assert s == pytest.approx(recipe[(a, b)], abs=2e-3 * max(1, abs(recipe[(a, b)])))
     assert cli.main(["export", "--model", str(exp), "--format", "bundle", "--out", str(tmp_path / "b")]) == 0
     assert (tmp_path / "b" / "model.json").is_file()
     # ONNX from the bundle: the graph's embedding of a test file is the API's

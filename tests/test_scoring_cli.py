@@ -13,6 +13,7 @@ from pysv.bin import backend as backend_cli
 from pysv.bin import results_table
 from pysv.bin import score as score_cli
 from pysv.metrics import compute_eer, compute_min_dcf
+from pysv.utils import io
 
 D = 8
 
@@ -84,8 +85,8 @@ def run_score(backend, *extra, trials="data/test/trials"):
 
 
 def read_scores(path):
-    rows = [line.split() for line in Path(path).read_text().splitlines()]
-    return [(a, b) for a, b, _ in rows], np.array([float(s) for _, _, s in rows])
+    rows = io.read_scores(path)
+    return [(a, b) for a, b, _ in rows], np.array([s for _, _, s in rows])
 
 
 def test_backend_stage_writes_kaldi_models_and_skips(recipe, capsys):
@@ -321,3 +322,12 @@ def test_tta_backend_is_cosine_of_the_tta_embeddings(recipe):
     _, full = read_scores(recipe["root"] / "exp" / "sys" / "scores" / "test_cosine")
     assert not np.allclose(full, scores)
     assert run_score("tta", "--enroll-level", "spk", "--no-plot") == 1
+
+
+def test_score_files_round_trip_and_malformed_lines_are_named(tmp_path):
+    io.write_scores(tmp_path / "s", [("a", "b", 0.5), ("a", "c", -1.25)])
+    assert (tmp_path / "s").read_text() == "a b 0.500000\na c -1.250000\n"
+    assert io.read_scores(tmp_path / "s") == [("a", "b", 0.5), ("a", "c", -1.25)]
+    (tmp_path / "bad").write_text("a b 0.5\na c\n")
+    with pytest.raises(io.DataError, match=r"bad:2: expected 'enroll test score'"):
+        io.read_scores(tmp_path / "bad")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from pysv.utils.cli import run_cli
-from pysv.utils.io import DataError, read_table, utt2spk_to_spk2utt, write_trials
+from pysv.utils.io import DataError, read_scores, read_table, utt2spk_to_spk2utt, write_trials
 
 log = logging.getLogger("pysv.calibrate")
 
@@ -79,8 +79,7 @@ def run(args: argparse.Namespace) -> int:
             raise DataError(f"scoring the development trials with back-end {backend} failed (exit {rc})")
         dev[backend] = json.loads((exp / "scores" / f"{name}_{backend}.metrics").read_text())
     best = min(dev, key=lambda b: dev[b]["eer"])
-    scores = {(a, b): float(s) for a, b, s in (line.split() for line in
-                                               (exp / "scores" / f"{name}_{best}").read_text().splitlines())}
+    scores = {(a, b): s for a, b, s in read_scores(exp / "scores" / f"{name}_{best}")}
     s = np.array([scores[(a, b)] for a, b, _ in trials])
     y = np.array([lab for *_, lab in trials])
     cal = Calibration.fit(best, s, y, str(trials_path), prior=args.prior, far=args.far)

@@ -26,7 +26,6 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from pysv.embed import archive_name, resolve_protocol
 from pysv.utils import stage
 
 log = logging.getLogger("pysv.extract")
@@ -92,6 +91,7 @@ class Job:
                  state: Optional[dict] = None):
         from pysv import models as model_lib
         from pysv.data.loader import features_dir
+        from pysv.embed import archive_name
         self.exp, self.data, self.cfg, self.proto = exp, data, cfg, proto
         self.mode = proto["mode"]
         self.name = archive_name(self.mode)
@@ -131,6 +131,7 @@ class Job:
             raise DataError(f"missing {data / 'utt2spk'} (run stage 0 for this set)")
         state = checkpoint.load(final)
         cfg = checkpoint.config_from_state(state, final)
+        from pysv.embed import resolve_protocol
         proto = resolve_protocol(cfg, args.mode, args.crop_len, args.num_crops, args.overlap)
         epochs = state.get("averaged_epochs") or []
         return cls(exp, data, cfg, proto, max(epochs) if epochs else None, getattr(args, "precision", "fp32"),

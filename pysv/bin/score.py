@@ -43,7 +43,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from pysv.utils.cli import run_cli, str2bool
-from pysv.utils.io import DataError, atomic_write, read_trials
+from pysv.utils.io import DataError, atomic_write, read_trials, write_scores
 
 log = logging.getLogger("pysv.bin.score")
 
@@ -228,8 +228,7 @@ def run(args: argparse.Namespace) -> int:
 
     # ---- outputs
     marker.unlink(missing_ok=True)
-    with atomic_write(score_path, encoding="utf-8") as f:
-        f.write("".join(f"{a} {b} {s:.6f}\n" for (a, b, _), s in zip(kept_trials, scores.tolist())))
+    write_scores(score_path, ((a, b, s) for (a, b, _), s in zip(kept_trials, scores.tolist())))
     t1 = time.time()
     m = compute_metrics(scores, labels, p_targets=args.p_target)
     m["min_cllr"] = min_cllr(scores, labels)

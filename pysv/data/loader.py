@@ -13,6 +13,7 @@ import random
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -39,17 +40,20 @@ def features_dir(data_dir: str, feature: str) -> str:
 class RelabeledSubset(Dataset):
     """Utterances of the training speakers only, with speaker labels renumbered 0..K-1 (a
     speed-perturbed copy counted as a new speaker, label ``c * num_base + y`` of the base dataset,
-    becomes ``c * K + label``)."""
+    becomes ``c * K + label``). The indices are one numpy array, not a list of Python ints: the
+    loader workers read them, and touching a million list items would copy the pages holding their
+    reference counts into every worker (copy-on-write)."""
 
     def __init__(self, base: Dataset, indices: List[int], label_map: Dict[int, int], num_base: int = 0):
-        self.base, self.indices, self.label_map = base, indices, label_map
+        self.base, self.label_map = base, label_map
+        self.indices = np.asarray(indices, dtype=np.int64)
         self.num_base, self.num_train = num_base, len(label_map)
 
     def __len__(self):
         return len(self.indices)
 
     def __getitem__(self, i):
-        x, y, *plan = self.base[self.indices[i]]  # plan: the augmentation plan of front_end device
+        x, y, *plan = self.base[int(self.indices[i])]  # plan: the augmentation plan of front_end device
         copy, y = divmod(int(y), self.num_base) if self.num_base else (0, int(y))
         return (x, copy * self.num_train + self.label_map[y], *plan)
 

@@ -138,6 +138,31 @@ def write_trials(path: PathLike, trials: Iterable[Tuple[str, str, int]]) -> None
             f.write(f"{a} {b} {'target' if lab else 'nontarget'}\n")
 
 
+def write_scores(path: PathLike, rows: Iterable[Tuple[str, str, float]]) -> None:
+    """Write a score file (``enroll test score``, six decimals, Kaldi's format), atomically."""
+    with atomic_write(path, encoding="utf-8") as f:
+        f.write("".join(f"{a} {b} {float(s):.6f}\n" for a, b, s in rows))
+
+
+def read_scores(path: PathLike) -> List[Tuple[str, str, float]]:
+    """Read a score file (``enroll test score`` per line); a malformed line is named by number."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"missing score file: {path}")
+    rows: List[Tuple[str, str, float]] = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            try:
+                a, b, s = parts
+                rows.append((a, b, float(s)))
+            except ValueError:
+                raise DataError(f"{path}:{lineno}: expected 'enroll test score', got {line.strip()!r}") from None
+    return rows
+
+
 def read_audio(path: PathLike, utt: Optional[str] = None) -> Tuple[np.ndarray, int]:
     """float32 samples ``[n]`` (mono) or ``[n, channels]`` and the sample rate, via soundfile;
     errors name ``utt`` (when given) and the file."""
