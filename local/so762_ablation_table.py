@@ -1,6 +1,10 @@
 """The table of local/so762_ablation.sh: one line per row (experiment root <exp-root>/<row>/<system>).
 
-    python local/so762_ablation_table.py [--exp-root exp_so762_abl] [--rows vt mean ...] [--out table.md]
+    python local/so762_ablation_table.py [--exp-root exp_so762_abl] [--rows vt mean ...] [--set-name so762]
+                                         [--out table.md]
+
+--set-name is run.sh's --name of the split (its sets <name>_test, <name>_train_dev): so762 for the
+ablation script's rows, folder for a plain `./run.sh --corpus folder ...` (--exp-root . --rows exp).
 
 Columns: training (epochs, summed training-step minutes from history.json, the validation EER of the
 held-out training speakers: last epoch and mean of the last three -- the column choices are made on),
@@ -19,7 +23,7 @@ from pysv.bin.results_table import read_training
 BACKENDS = ("cosine", "cosine_mean", "asnorm", "plda", "crops")
 
 
-def row_line(row_dir: Path) -> str:
+def row_line(row_dir: Path, set_name: str = "so762") -> str:
     systems = [d for d in sorted(row_dir.iterdir()) if (d / "history.json").is_file()]
     if not systems:
         return ""
@@ -33,12 +37,12 @@ def row_line(row_dir: Path) -> str:
                  f"{valid[-1]:.1f}" if valid else "-", f"{last3:.1f}"]
         dev = {}
         for b in BACKENDS:
-            f = sysdir / "scores" / f"so762_train_dev_{b}.metrics"
+            f = sysdir / "scores" / f"{set_name}_train_dev_{b}.metrics"
             if f.is_file():
                 dev[b] = json.loads(f.read_text())["eer"]
         best_dev = min(dev, key=dev.get) if dev else None
         for b in BACKENDS:
-            f = sysdir / "scores" / f"so762_test_{b}.metrics"
+            f = sysdir / "scores" / f"{set_name}_test_{b}.metrics"
             if not f.is_file():
                 cells.append("-")
                 continue
@@ -53,6 +57,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--exp-root", default="exp_so762_abl")
     p.add_argument("--rows", nargs="*", default=None, help="row names in this order (default: every row dir)")
+    p.add_argument("--set-name", default="so762", help="run.sh --name of the split (default so762)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     root = Path(args.exp_root)
@@ -60,7 +65,7 @@ def main(argv=None) -> int:
     head = ("| row | system | epochs | train min | valid EER last | valid EER last 3 | "
             + " | ".join(f"{b} EER / minDCF" for b in BACKENDS) + " |")
     sep = "| --- | --- | ---: | ---: | ---: | ---: |" + " ---: |" * len(BACKENDS)
-    body = [line for line in (row_line(r) for r in rows if r.is_dir()) if line]
+    body = [line for line in (row_line(r, args.set_name) for r in rows if r.is_dir()) if line]
     text = "\n".join([head, sep] + body) + "\n"
     print(text, end="")
     if args.out:
