@@ -547,9 +547,11 @@ def test_large_margin_fine_tuning_config_starts_from_the_trained_system(tiny_rec
     base, _ = run_train(tiny_recipe, tmp_path, "thin_resnet34_aamsoftmax.yaml", "train.epochs=1", exp_name="base")
     ft = tmp_path / "lmft"
     # run.sh's folder profile (30 epochs) does not replace the step's own epochs; an override still does
+    # (run.sh's order: overrides before and after the --profile items)
     assert train_bin.main(["--config", str(REPO / "conf" / "thin_resnet34_aamsoftmax_lmft.yaml"), "--exp-dir", str(ft),
-                           "--threads", "2", "--profile", "train.epochs=30", "--profile", "train.average_last=1",
-                           *overrides(tiny_recipe, "train.epochs=1", f"train.init_from={base / 'final.pt'}")]) == 0
+                           "--threads", "2", f"data.train={tiny_recipe['train']}", "--profile", "train.epochs=30",
+                           "--profile", "train.average_last=1", *FAST, "train.epochs=1",
+                           f"train.init_from={base / 'final.pt'}"]) == 0
     log = (ft / "train.log").read_text()
     assert f"encoder initialised from {base / 'final.pt'}" in log
     assert "keeps its own train.epochs over the profile's train.epochs=30" in log

@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-progress", action="store_true", help="no progress bars (log lines instead)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0 = torch default)")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # overrides may come before and after --profile items
 
     import torch
     from pysv.train.config import ConfigError, load_config
