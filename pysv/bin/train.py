@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     args = p.parse_intermixed_args(argv)  # overrides may come before and after --profile items
 
     import torch
-    from pysv.train.config import ConfigError, load_config
+    from pysv.train.config import ConfigError, load_config, parse_override
     from pysv.train.distributed import cleanup, init_distributed
     from pysv.utils.io import DataError
     from pysv.utils.logging import setup_logging
@@ -76,10 +76,10 @@ def main(argv=None) -> int:
         return 2
     setup_logging(str(exp / "train.log") if info.is_main else None,
                   level=logging.INFO if info.is_main else logging.WARNING)
-    kept = [item for item in args.profile if item.split("=", 1)[0].strip() in cfg["keep_over_profile"]]
+    kept = [item for item in args.profile if parse_override(item)[0] in cfg["keep_over_profile"]]
     if kept:
         logging.getLogger("pysv.train").info("the system keeps its own %s over the profile's %s",
-                                             ", ".join(k.split("=", 1)[0] for k in kept), " ".join(kept))
+                                             ", ".join(parse_override(k)[0] for k in kept), " ".join(kept))
     from pysv.train.trainer import NonFiniteLossError, Trainer
     trainer = Trainer(cfg, str(exp), info, resume=args.resume, progress=not args.no_progress and sys.stderr.isatty())
     try:

@@ -104,30 +104,35 @@ def utt2spk_to_spk2utt(utt2spk: Dict[str, str]) -> Dict[str, List[str]]:
     return spk2utt
 
 
+def _nonblank_lines(path: Path, what: str) -> Iterator[Tuple[int, str, List[str]]]:
+    """``(line number, line, fields)`` of the non-blank lines of a whitespace-separated text file."""
+    if not path.is_file():
+        raise DataError(f"missing {what}: {path}")
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            parts = line.split()
+            if parts:
+                yield lineno, line, parts
+
+
 def read_trials(path: PathLike) -> List[Tuple[str, str, int]]:
     """Read a trial list in Kaldi (``enroll test target|nontarget``) or VoxCeleb (``1 a b``) format.
 
     Returns ``(enroll, test, label)`` with label 1 for target, 0 for non-target.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"missing trial list: {path}")
     trials: List[Tuple[str, str, int]] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 3:
-                raise DataError(f"{path}:{lineno}: expected 3 fields, got {len(parts)}: {line.strip()!r}")
-            a, b, c = parts
-            if c in ("target", "nontarget"):
-                trials.append((a, b, 1 if c == "target" else 0))
-            elif a in ("0", "1"):
-                trials.append((b, c, int(a)))
-            else:
-                raise DataError(f"{path}:{lineno}: cannot parse trial {line.strip()!r}: "
-                                "expected 'enroll test target|nontarget' or '1|0 enroll test'")
+    for lineno, line, parts in _nonblank_lines(path, "trial list"):
+        if len(parts) != 3:
+            raise DataError(f"{path}:{lineno}: expected 3 fields, got {len(parts)}: {line.strip()!r}")
+        a, b, c = parts
+        if c in ("target", "nontarget"):
+            trials.append((a, b, 1 if c == "target" else 0))
+        elif a in ("0", "1"):
+            trials.append((b, c, int(a)))
+        else:
+            raise DataError(f"{path}:{lineno}: cannot parse trial {line.strip()!r}: "
+                            "expected 'enroll test target|nontarget' or '1|0 enroll test'")
     return trials
 
 
@@ -147,19 +152,13 @@ def write_scores(path: PathLike, rows: Iterable[Tuple[str, str, float]]) -> None
 def read_scores(path: PathLike) -> List[Tuple[str, str, float]]:
     """Read a score file (``enroll test score`` per line); a malformed line is named by number."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"missing score file: {path}")
     rows: List[Tuple[str, str, float]] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            try:
-                a, b, s = parts
-                rows.append((a, b, float(s)))
-            except ValueError:
-                raise DataError(f"{path}:{lineno}: expected 'enroll test score', got {line.strip()!r}") from None
+    for lineno, line, parts in _nonblank_lines(path, "score file"):
+        try:
+            a, b, s = parts
+            rows.append((a, b, float(s)))
+        except ValueError:
+            raise DataError(f"{path}:{lineno}: expected 'enroll test score', got {line.strip()!r}") from None
     return rows
 
 
