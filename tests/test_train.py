@@ -15,6 +15,7 @@ import torch
 
 from pysv.bin import extract as extract_bin
 from pysv.bin import train as train_bin
+from pysv.train import checkpoint
 from pysv.train.config import ConfigError, load_config
 from pysv.train.distributed import DistInfo
 from pysv.train.trainer import NonFiniteLossError, Trainer
@@ -560,3 +561,36 @@ def test_large_margin_fine_tuning_config_starts_from_the_trained_system(tiny_rec
     assert cfg["loss"]["hparams"]["margin"] == 0.5 and cfg["scheduler"]["name"] == "warmup_exp"
     assert load_config(str(REPO / "conf" / "thin_resnet34_aamsoftmax_lmft.yaml"))["data"]["crop"] == 600  # 6 s
     assert (ft / "final.pt").is_file()
+
+
+def test_best_valid_epochs_and_protected_checkpoints(tmp_path):
+    hist = [{"epoch": 1, "valid_eer": 9.0}, {"epoch": 2, "valid_eer": 7.0}, {"epoch": 3},
+            {"epoch": 4, "valid_eer": 8.0}, {"epoch": 5, "valid_eer": 7.0}, {"epoch": 6, "valid_eer": 12.0}]
+    assert checkpoint.best_valid_epochs(hist, 1) == [5]  # tie 7.0: the later epoch
+    assert checkpoint.best_valid_epochs(hist, 3) == [2, 4, 5]  # epoch order; epoch 3 has no EER
+    assert checkpoint.best_valid_epochs(hist, 10) == [1, 2, 4, 5, 6]
+    for e in range(1, 7):
+        checkpoint.save_epoch({"epoch": e}, tmp_path, e, keep=2, protect=[2, 5])
+    assert [checkpoint.epoch_of(p) for p in checkpoint.epoch_checkpoints(tmp_path)] == [2, 5, 6]
+
+
+def test_final_averages_the_best_validation_epochs(tiny_recipe, tmp_path):
+    extra = ["data.feature=fbank40", "model.hparams.feat_dim=40", "train.epochs=4", "train.average_last=2",
+             "train.average_select=best_valid", "train.keep_checkpoints=1"]
+    exp, _ = run_train(tiny_recipe, tmp_path, "xvector_softmax.yaml", *extra, exp_name="best")
+    hist = json.loads((exp / "history.json").read_text())
+    best = checkpoint.best_valid_epochs(hist, 2)
+    assert len(best) == 2 and all(h.get("valid_eer") is not None for h in hist)
+    final = torch.load(exp / "final.pt", map_location="cpu", weights_only=True)
+    assert final["averaged_epochs"] == best
+    # the pruned checkpoint directory kept the best epochs and the last one (for --resume)
+    kept = {checkpoint.epoch_of(p) for p in checkpoint.epoch_checkpoints(exp / "checkpoints")}
+    assert kept == set(best) | {4}
+    want = checkpoint.average_encoder_weights([exp / "checkpoints" / f"epoch_{e:03d}.pt" for e in best])
+    for name, t in want.items():
+        torch.testing.assert_close(final["model"][name], t)
+    # without validation speakers the selection is refused by name
+    _, rc = run_train(tiny_recipe, tmp_path, "xvector_softmax.yaml", *extra, "data.valid_speakers=0",
+                      exp_name="no_valid", check=False)
+    assert rc == 2
+    assert "average_select=best_valid needs validation trials" in (tmp_path / "no_valid" / "train.log").read_text()

@@ -93,14 +93,24 @@ def epoch_of(path) -> int:
     return int(Path(path).stem.split("_")[1])
 
 
-def save_epoch(state: Dict[str, Any], ckpt_dir, epoch: int, keep: int = 0) -> Path:
-    """Write ``epoch_NNN.pt``; with ``keep`` > 0 delete all but the newest ``keep`` epoch files."""
+def save_epoch(state: Dict[str, Any], ckpt_dir, epoch: int, keep: int = 0,
+               protect: Sequence[int] = ()) -> Path:
+    """Write ``epoch_NNN.pt``; with ``keep`` > 0 delete all but the newest ``keep`` epoch files and
+    those of the epochs in ``protect``."""
     path = Path(ckpt_dir) / f"epoch_{epoch:03d}.pt"
     save(state, path)
     if keep:
         for old in epoch_checkpoints(ckpt_dir)[:-keep]:
-            old.unlink()
+            if epoch_of(old) not in protect:
+                old.unlink()
     return path
+
+
+def best_valid_epochs(history: Sequence[Dict[str, Any]], k: int) -> List[int]:
+    """The ``k`` epochs of ``history`` with the lowest ``valid_eer`` (ties: the later epoch), in
+    epoch order; epochs without a validation EER never count."""
+    scored = [(h["valid_eer"], -h["epoch"]) for h in history if h.get("valid_eer") is not None]
+    return sorted(-neg for _, neg in sorted(scored)[:k])
 
 
 def average_encoder_weights(paths: Sequence[Path]) -> Dict[str, torch.Tensor]:

@@ -75,7 +75,9 @@ DEFAULTS: Dict[str, Any] = {
         "compile": False,             # torch.compile the encoder (falls back to eager with a warning)
         "grad_clip": None,
         "embed_norm_scale": None,     # scale embeddings to this L2 norm before the loss (RawNet2: 10)
-        "average_last": 1,            # average the weights of the last K epoch checkpoints into final.pt
+        "average_last": 1,            # average the weights of K epoch checkpoints into final.pt ...
+        "average_select": "last",     # ... the last K epochs (wespeaker's average_model.py) | best_valid:
+                                      # the K with the lowest validation EER (needs validation speakers)
         "log_interval": 10,
         "channels_last": True,        # channels-last weights for 2-D CNN encoders
                                       # (encoder attribute prefers_channels_last)
@@ -279,7 +281,8 @@ def registry_choices() -> Dict[str, Sequence[str]]:
 
 
 def check_values(cfg: Dict[str, Any], check_choices: bool = True) -> None:
-    choices: Dict[str, Sequence[str]] = {"data.front_end": ("worker", "device")}
+    choices: Dict[str, Sequence[str]] = {"data.front_end": ("worker", "device"),
+                                         "train.average_select": ("last", "best_valid")}
     if check_choices:
         choices.update(registry_choices())
     flat = _flatten(cfg)

@@ -3,8 +3,8 @@
 The run directory ``exp/<system>/`` holds ``config.yaml`` (resolved), ``checkpoints/epoch_NNN.pt``
 (everything needed to resume: model, loss, optimizer, scheduler, fp16 loss scaler, RNG states, history),
 ``history.json`` (per-epoch loss / accuracy / validation EER / lr), ``valid_eer.png``, ``train.log``,
-``final.pt`` (encoder weights, averaged over the last K epochs if configured), ``num_params`` and a
-``.done`` marker written last.
+``final.pt`` (encoder weights, averaged over the last K epochs or the K best on validation if configured),
+``num_params`` and a ``.done`` marker written last.
 """
 from __future__ import annotations
 
@@ -173,7 +173,8 @@ class Trainer:
         }
         keep = self.cfg["train"]["keep_checkpoints"]
         checkpoint.save_epoch(state, self.ckpt_dir, epoch,
-                              keep=max(keep, self.cfg["train"]["average_last"]) if keep else 0)
+                              keep=max(keep, self.cfg["train"]["average_last"]) if keep else 0,
+                              protect=self._averaged_epochs() if keep else ())
 
     def _load_latest(self) -> None:
         ckpts = self.checkpoints()
@@ -357,6 +358,9 @@ class Trainer:
                      "%d process(es)", cfg["system"], cfg["model"]["name"], self.num_params / 1e6,
                      cfg["loss"]["name"], self.num_classes, len(self.data.train_set), len(self.data.valid_speakers),
                      len(self.data.valid_trials or []), self.device, self.dist.world_size)
+        if cfg["train"]["average_select"] == "best_valid" and not self.data.valid_trials:
+            raise ConfigError(f"system {cfg['system']}: train.average_select=best_valid needs validation trials "
+                              f"(data.valid_speakers > 0 or data.valid_trials); this run has none")
         budget = cfg["train"]["max_minutes"]
         for epoch in range(self.start_epoch, epochs + 1):
             if budget is not None and self._over_budget(budget):
@@ -406,10 +410,19 @@ class Trainer:
         self.history[-1]["stopped"] = "train.max_minutes"
         return True
 
+    def _averaged_epochs(self) -> List[int]:
+        """The epochs ``final.pt`` averages: the last ``train.average_last`` or, with
+        ``train.average_select: best_valid``, those with the lowest validation EER so far."""
+        k = self.cfg["train"]["average_last"]
+        if self.cfg["train"]["average_select"] == "best_valid":
+            return checkpoint.best_valid_epochs(self.history, k)
+        return [h["epoch"] for h in self.history[-k:]]
+
     def _finalize(self) -> None:
-        ckpts = self.checkpoints()[-self.cfg["train"]["average_last"]:]
+        by_epoch = {checkpoint.epoch_of(p): p for p in self.checkpoints()}
+        ckpts = [by_epoch[e] for e in self._averaged_epochs() if e in by_epoch]
         if not ckpts:
-            raise RuntimeError(f"no checkpoint in {self.ckpt_dir}")
+            raise RuntimeError(f"no checkpoint in {self.ckpt_dir} of epochs {self._averaged_epochs()}")
         final = {"model": checkpoint.average_encoder_weights(ckpts), "config": checkpoint.config_to_text(self.cfg),
                  "num_params": self.num_params, "averaged_epochs": [checkpoint.epoch_of(p) for p in ckpts]}
         checkpoint.save(final, self.exp / "final.pt")
