@@ -574,7 +574,7 @@ def test_best_valid_epochs_and_protected_checkpoints(tmp_path):
     assert [checkpoint.epoch_of(p) for p in checkpoint.epoch_checkpoints(tmp_path)] == [2, 5, 6]
 
 
-def test_final_averages_the_best_validation_epochs(tiny_recipe, tmp_path):
+def test_final_averages_the_best_validation_epochs(tiny_recipe, tmp_path, capsys):
     extra = ["data.feature=fbank40", "model.hparams.feat_dim=40", "train.epochs=4", "train.average_last=2",
              "train.average_select=best_valid", "train.keep_checkpoints=1"]
     exp, _ = run_train(tiny_recipe, tmp_path, "xvector_softmax.yaml", *extra, exp_name="best")
@@ -594,3 +594,17 @@ def test_final_averages_the_best_validation_epochs(tiny_recipe, tmp_path):
                       exp_name="no_valid", check=False)
     assert rc == 2
     assert "average_select=best_valid needs validation trials" in (tmp_path / "no_valid" / "train.log").read_text()
+    # pysv.bin.average re-averages the complete run without retraining: into another run directory
+    from pysv.bin import average as average_bin
+    assert average_bin.main(["--exp-dir", str(exp), "--select", "last", "--num", "1",
+                             "--out-dir", str(tmp_path / "last")]) == 0
+    last = torch.load(tmp_path / "last" / "final.pt", map_location="cpu", weights_only=True)
+    assert last["averaged_epochs"] == [4] and (tmp_path / "last" / ".done").is_file()
+    torch.testing.assert_close(last["model"], checkpoint.load(exp / "checkpoints" / "epoch_004.pt")["model"])
+    # a pruned checkpoint is named
+    pruned = sorted({1, 2, 3, 4} - kept)
+    if pruned:
+        before = (exp / "final.pt").read_bytes()
+        rc = average_bin.main(["--exp-dir", str(exp), "--select", "last", "--num", "4"])
+        assert rc == 2 and f"epoch(s) {pruned}" in capsys.readouterr().err
+        assert (exp / "final.pt").read_bytes() == before and (exp / ".done").is_file()

@@ -113,6 +113,30 @@ def best_valid_epochs(history: Sequence[Dict[str, Any]], k: int) -> List[int]:
     return sorted(-neg for _, neg in sorted(scored)[:k])
 
 
+def averaged_epochs(history: Sequence[Dict[str, Any]], k: int, select: str = "last") -> List[int]:
+    """The epochs ``final.pt`` averages (``train.average_last`` = k, ``train.average_select`` =
+    select): the last ``k`` of ``history`` or, with ``best_valid``, its ``k`` best on validation."""
+    if select == "best_valid":
+        return best_valid_epochs(history, k)
+    if select != "last":
+        raise ValueError(f"average selection {select!r} is not one of ('last', 'best_valid')")
+    return [h["epoch"] for h in history[-k:]]
+
+
+def write_final(path, ckpt_dir, epochs: Sequence[int], config_text: str, num_params: int) -> Dict[str, Any]:
+    """Average the encoder weights of ``ckpt_dir``'s checkpoints of ``epochs`` into ``path``
+    (``final.pt``: model, config, num_params, averaged_epochs); a missing checkpoint is named."""
+    by_epoch = {epoch_of(p): p for p in epoch_checkpoints(ckpt_dir)}
+    missing = [e for e in epochs if e not in by_epoch]
+    if missing or not epochs:
+        raise CheckpointError(f"{ckpt_dir}: no checkpoint of epoch(s) {missing or list(epochs)} to average "
+                              "(pruned by train.keep_checkpoints?)")
+    final = {"model": average_encoder_weights([by_epoch[e] for e in epochs]), "config": config_text,
+             "num_params": num_params, "averaged_epochs": list(epochs)}
+    save(final, path)
+    return final
+
+
 def average_encoder_weights(paths: Sequence[Path]) -> Dict[str, torch.Tensor]:
     """The encoder state dict averaged over checkpoints ``paths`` (float tensors averaged in float64,
     returned as float32; integer buffers such as BN's batch counter taken from the first), as

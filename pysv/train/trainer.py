@@ -411,21 +411,12 @@ class Trainer:
         return True
 
     def _averaged_epochs(self) -> List[int]:
-        """The epochs ``final.pt`` averages: the last ``train.average_last`` or, with
-        ``train.average_select: best_valid``, those with the lowest validation EER so far."""
-        k = self.cfg["train"]["average_last"]
-        if self.cfg["train"]["average_select"] == "best_valid":
-            return checkpoint.best_valid_epochs(self.history, k)
-        return [h["epoch"] for h in self.history[-k:]]
+        return checkpoint.averaged_epochs(self.history, self.cfg["train"]["average_last"],
+                                          self.cfg["train"]["average_select"])
 
     def _finalize(self) -> None:
-        by_epoch = {checkpoint.epoch_of(p): p for p in self.checkpoints()}
-        ckpts = [by_epoch[e] for e in self._averaged_epochs() if e in by_epoch]
-        if not ckpts:
-            raise RuntimeError(f"no checkpoint in {self.ckpt_dir} of epochs {self._averaged_epochs()}")
-        final = {"model": checkpoint.average_encoder_weights(ckpts), "config": checkpoint.config_to_text(self.cfg),
-                 "num_params": self.num_params, "averaged_epochs": [checkpoint.epoch_of(p) for p in ckpts]}
-        checkpoint.save(final, self.exp / "final.pt")
+        final = checkpoint.write_final(self.exp / "final.pt", self.ckpt_dir, self._averaged_epochs(),
+                                       checkpoint.config_to_text(self.cfg), self.num_params)
         with atomic_write(self.exp / "num_params") as f:
             f.write(f"{self.num_params}\n")
         with atomic_write(self.exp / "history.json") as f:
