@@ -608,3 +608,35 @@ def test_final_averages_the_best_validation_epochs(tiny_recipe, tmp_path, capsys
         rc = average_bin.main(["--exp-dir", str(exp), "--select", "last", "--num", "4"])
         assert rc == 2 and f"epoch(s) {pruned}" in capsys.readouterr().err
         assert (exp / "final.pt").read_bytes() == before and (exp / ".done").is_file()
+
+
+def test_budget_horizon_estimates_the_steps_the_budget_holds():
+    from pysv.train.optim import Horizon
+    h = Horizon(steps_per_epoch=10, epochs=1000)
+    assert h.fit_budget([], 10) == 10_000  # before the first epoch: train.epochs
+    # 3 epochs of 60 s spent of 600: 7 more fit at that pace -> 10 epochs of 10 steps
+    assert h.fit_budget([60.0, 60.0, 60.0], 10) == 100
+    assert h.fit_budget([60.0, 60.0, 90.0, 120.0], 10) == (4 + int((600 - 330) // 90)) * 10
+    assert Horizon(10, 5).fit_budget([1.0], 10) == 50  # never past train.epochs
+    with pytest.raises(ConfigError, match="budget needs train.max_minutes"):
+        load_config(str(REPO / "conf" / "xvector_softmax.yaml"), ["scheduler.horizon=budget",
+                                                                  "scheduler.name=warmup_cosine"])
+    with pytest.raises(ConfigError, match="per-iteration"):
+        load_config(str(REPO / "conf" / "xvector_softmax.yaml"), ["scheduler.horizon=budget",
+                                                                  "train.max_minutes=10"])
+
+
+def test_budget_horizon_decays_to_min_lr_when_the_budget_ends(tiny_recipe, tmp_path, monkeypatch):
+    # every epoch "takes" 6 s of a 30 s budget (the clock replaced): 5 epochs fit; from epoch 2 on the
+    # schedule spans those 5 epochs and the learning rate reaches min_lr at the last step
+    monkeypatch.setattr(Trainer, "_epoch_seconds", lambda self: [6.0] * len(self.history))
+    exp, _ = run_train(tiny_recipe, tmp_path, "xvector_softmax.yaml", "data.feature=fbank40",
+                       "model.hparams.feat_dim=40", "train.epochs=50", "train.max_minutes=0.5",
+                       "scheduler.name=warmup_cosine", "scheduler.horizon=budget", "scheduler.min_lr=0.0005",
+                       "scheduler.warmup_epochs=0.5", exp_name="horizon")
+    hist = json.loads((exp / "history.json").read_text())
+    assert len(hist) == 5 and hist[-1]["stopped"] == "train.max_minutes"
+    spe = hist[1]["lr_horizon_steps"] // 5
+    assert [h["lr_horizon_steps"] for h in hist] == [50 * spe] + [5 * spe] * 4
+    assert hist[-1]["lr"] == pytest.approx(0.0005)
+    assert hist[1]["lr"] > hist[2]["lr"] > hist[3]["lr"] > hist[-1]["lr"]

@@ -68,6 +68,8 @@ DEFAULTS: Dict[str, Any] = {
         "step_size": 10,
         "min_lr": 1e-6,               # plateau: floor; warmup_exp / warmup_cosine: the lr reached at the last step
         "warmup_epochs": 0.0,         # warmup_*: linear warm-up from 0 over this many epochs (per iteration)
+        "horizon": "epochs",          # warmup_*: decay over train.epochs | budget: over train.max_minutes
+                                      # (re-estimated each epoch; pysv.train.optim.Horizon)
     },
     "train": {
         "epochs": 10,
@@ -298,6 +300,14 @@ def check_values(cfg: Dict[str, Any], check_choices: bool = True) -> None:
                              or not 0 <= ramp[0] < ramp[1]):
         raise ConfigError(f"config key 'train.margin_ramp' must be [start_epoch, end_epoch] with "
                           f"0 <= start < end, got {ramp!r}")
+    if flat["scheduler.horizon"] not in ("epochs", "budget"):
+        raise ConfigError(f"config key 'scheduler.horizon': {flat['scheduler.horizon']!r} is not one of "
+                          "('epochs', 'budget')")
+    if flat["scheduler.horizon"] == "budget" and (flat["train.max_minutes"] is None
+                                                   or flat["scheduler.name"] not in ("warmup_exp", "warmup_cosine")):
+        raise ConfigError("config key 'scheduler.horizon': budget needs train.max_minutes and a per-iteration "
+                          f"schedule (warmup_exp / warmup_cosine), got scheduler.name={flat['scheduler.name']!r}, "
+                          f"train.max_minutes={flat['train.max_minutes']!r}")
     if flat["scheduler.warmup_epochs"] < 0:
         raise ConfigError("config key 'scheduler.warmup_epochs' must be >= 0")
     if flat["train.max_minutes"] is not None and flat["train.max_minutes"] <= 0:

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
 import torch
 
@@ -60,9 +60,32 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: Dict[str, Any]) -
     return OPTIMIZERS[cfg["optim"]["name"]](params, {**cfg["optim"], "lr": effective_lr(cfg)})
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Dict[str, Any], steps_per_epoch: int) -> Optional[Any]:
-    """The schedule of ``cfg["scheduler"]`` (None for ``none``); per-iteration schedules span
-    ``train.epochs`` epochs of ``steps_per_epoch`` steps."""
+class Horizon:
+    """How many optimiser steps a per-iteration schedule spans. ``scheduler.horizon: epochs``:
+    ``train.epochs`` epochs of ``steps_per_epoch`` steps. ``budget``: re-estimated before every
+    epoch from ``train.max_minutes`` -- the epochs done plus the whole epochs the remaining minutes
+    hold at the pace of the last three (the estimate the time budget stops on), so the decay reaches
+    ``min_lr`` when the budget ends (budget-aware schedules: Li, Yumer & Ramanan, ICLR 2020)."""
+
+    def __init__(self, steps_per_epoch: int, epochs: int):
+        self.steps_per_epoch = max(1, steps_per_epoch)
+        self.max_total = self.steps_per_epoch * epochs
+        self.total = self.max_total
+
+    def fit_budget(self, epoch_seconds: Sequence[float], budget_minutes: float) -> int:
+        """Set :attr:`total` from the wall seconds of the epochs done (the same on every rank);
+        before the first epoch the horizon stays ``train.epochs``."""
+        if epoch_seconds:
+            pace = sum(epoch_seconds[-3:]) / len(epoch_seconds[-3:])
+            left = max(0, int((60.0 * budget_minutes - sum(epoch_seconds)) // max(pace, 1e-9)))
+            self.total = min(self.max_total, (len(epoch_seconds) + left) * self.steps_per_epoch)
+        return self.total
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Dict[str, Any], steps_per_epoch: int,
+                    horizon: Optional[Horizon] = None) -> Optional[Any]:
+    """The schedule of ``cfg["scheduler"]`` (None for ``none``); per-iteration schedules span the
+    steps of ``horizon`` (default: ``train.epochs`` epochs of ``steps_per_epoch``), read at every step."""
     s = cfg["scheduler"]
     if s["name"] == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=s["factor"],
@@ -70,9 +93,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Dict[str, Any], steps
     if s["name"] == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=s["step_size"], gamma=s["factor"])
     if s["name"] in PER_ITERATION:
-        total = max(1, steps_per_epoch * cfg["train"]["epochs"])
+        span = horizon or Horizon(steps_per_epoch, cfg["train"]["epochs"])
         warm = int(round(s["warmup_epochs"] * steps_per_epoch))
         ratio = s["min_lr"] / effective_lr(cfg)
         return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_multiplier(step, warm, total, ratio, s["name"]))
+            optimizer, lambda step: lr_multiplier(step, warm, span.total, ratio, s["name"]))
     return None

@@ -32,7 +32,7 @@ from pysv.train import checkpoint
 from pysv.train import precision as precision_lib
 from pysv.train.config import ConfigError, save_config
 from pysv.train.distributed import DistInfo, barrier, broadcast_float
-from pysv.train.optim import PER_ITERATION, build_optimizer, build_scheduler, effective_lr
+from pysv.train.optim import PER_ITERATION, Horizon, build_optimizer, build_scheduler, effective_lr
 from pysv.train.plots import plot_eer_curves
 from pysv.utils import stage
 from pysv.utils.io import DataError, atomic_write
@@ -123,7 +123,8 @@ class Trainer:
         if cfg["optim"]["lr_batch"]:
             log.info("optim.lr %g for batch %d -> %g at sampler.batch_size %d (linear scaling)", cfg["optim"]["lr"],
                      cfg["optim"]["lr_batch"], effective_lr(cfg), cfg["sampler"]["batch_size"])
-        self.scheduler = build_scheduler(self.optimizer, cfg, len(self.data.loader))
+        self.horizon = Horizon(len(self.data.loader), cfg["train"]["epochs"])
+        self.scheduler = build_scheduler(self.optimizer, cfg, len(self.data.loader), self.horizon)
         try:
             self.precision = precision_lib.resolve(cfg["train"]["precision"], self.device)
         except ValueError as e:
@@ -365,6 +366,8 @@ class Trainer:
         for epoch in range(self.start_epoch, epochs + 1):
             if budget is not None and self._over_budget(budget):
                 break
+            if budget is not None and cfg["scheduler"]["horizon"] == "budget":
+                self.horizon.fit_budget(self._epoch_seconds(), budget)
             t_epoch = time.time()
             stats = self.train_epoch(epoch)
             eer = broadcast_float(self.validate() if self.dist.is_main else 0.0, self.dist)
@@ -374,7 +377,11 @@ class Trainer:
                     self.scheduler.step(eer)
             elif self.scheduler is not None and not self.steps_per_iteration_scheduler:
                 self.scheduler.step()
-            rec = {"epoch": epoch, "lr": lr, **stats, "epoch_seconds": time.time() - t_epoch}
+            # rank 0's wall time (validation included) on every rank: the budget decisions agree
+            wall = broadcast_float(time.time() - t_epoch, self.dist)
+            rec = {"epoch": epoch, "lr": lr, **stats, "epoch_seconds": wall}
+            if self.steps_per_iteration_scheduler:
+                rec["lr_horizon_steps"] = self.horizon.total
             if budget is not None:
                 rec["max_minutes"] = budget
             if eer is not None and not math.isnan(eer):
@@ -392,12 +399,15 @@ class Trainer:
         barrier(self.dist)
         return {"history": self.history, "num_params": self.num_params}
 
+    def _epoch_seconds(self) -> List[float]:
+        return [h.get("epoch_seconds", h.get("seconds", 0.0)) for h in self.history]
+
     def _over_budget(self, budget_minutes: float) -> bool:
         """``train.max_minutes``: would the next epoch end past the budget? Spent = the wall time of
         the epochs in the history (training and validation, resumed runs included); the next epoch is
         estimated as the mean of the last three. At least one epoch always runs. Every rank reads
         the same history, so all stop together."""
-        done = [h.get("epoch_seconds", h.get("seconds", 0.0)) for h in self.history]
+        done = self._epoch_seconds()
         if not done:
             return False
         spent = sum(done)
