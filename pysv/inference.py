@@ -230,6 +230,10 @@ def _count_lines(path: Path) -> Optional[int]:
     return sum(1 for _ in open(path)) if path.is_file() else None
 
 
+#: what an exported bundle's model.pt keeps of final.pt
+BUNDLE_WEIGHT_KEYS = ("model", "config", "num_params", "averaged_epochs")
+
+
 def write_bundle(model: SpeakerModel, out: Union[str, Path]) -> Path:
     """A self-contained directory: weights (``model.pt``, ``weights_only`` loadable), the resolved
     config, the feature config, the stage-4 back-end, the training mean and the AS-norm cohort (Kaldi
@@ -240,7 +244,9 @@ def write_bundle(model: SpeakerModel, out: Union[str, Path]) -> Path:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "backend").mkdir(parents=True)
-    shutil.copy2(model.root / "final.pt", tmp / "model.pt")
+    # the encoder only: the training objective and the training speakers' names stay in the run
+    final = checkpoint.load(model.root / "final.pt")
+    checkpoint.save({k: final[k] for k in BUNDLE_WEIGHT_KEYS if k in final}, tmp / "model.pt")
     shutil.copy2(model.root / "config.yaml", tmp / "config.yaml")
     if model.features is not None:
         (tmp / "feature.yaml").write_text(features_lib.config_to_yaml(model.features.config))

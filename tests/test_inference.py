@@ -119,7 +119,9 @@ def test_bundle_scores_like_the_run(trained, tmp_path):
     info = json.loads((tmp_path / "bundle" / "model.json").read_text())
     assert info["system"] == run.system and info["embed_dim"] == run.embed_dim and info["sample_rate"] == 16000
     import torch
-    assert "model" in torch.load(tmp_path / "bundle" / "model.pt", weights_only=True)
+    weights = torch.load(tmp_path / "bundle" / "model.pt", weights_only=True)
+    assert "model" in weights and "loss" not in weights and "train_speakers" not in weights
+    assert "loss" in torch.load(Path(trained["exp"]) / "final.pt", weights_only=True)  # the run keeps its head
     wavs = read_table(trained["test"] / "wav.scp")
     a, b = sorted(wavs)[:2]
     for backend in ("cosine", "plda", "crops", "asnorm"):

@@ -437,6 +437,20 @@ def test_fine_tuning_starts_from_a_trained_encoder_with_a_new_head(tiny_recipe, 
         if t.is_floating_point() and "running" not in name:  # BN statistics move in train mode
             torch.testing.assert_close(b[name], t, rtol=0, atol=1e-6)
     assert load_config(str(exp / "config.yaml"))["train"]["init_from"] == str(src / "final.pt")
+    assert "loss head new" in (exp / "train.log").read_text()
+    # the same training speakers: the classifier carries over from final.pt as well (large-margin
+    # fine-tuning keeps it); the bundle a user exports holds the encoder only
+    same = tmp_path / "ft_same"
+    rc = train_bin.main(["--config", str(REPO / "conf" / "xvector_softmax.yaml"), "--exp-dir", str(same),
+                         "--threads", "2", "--init-from", str(src / "final.pt"),
+                         *overrides(tiny_recipe, *extra[:3], "optim.lr=1e-12")])
+    assert rc == 0
+    assert "encoder and loss head initialised from" in (same / "train.log").read_text()
+    src_final = torch.load(src / "final.pt", map_location="cpu", weights_only=True)
+    same_final = torch.load(same / "final.pt", map_location="cpu", weights_only=True)
+    assert src_final["train_speakers"] == same_final["train_speakers"]
+    for name, t in src_final["loss"].items():
+        torch.testing.assert_close(same_final["loss"][name], t, rtol=0, atol=1e-6)
     # another architecture is refused by name
     rc = train_bin.main(["--config", str(REPO / "conf" / "xvector_softmax.yaml"), "--exp-dir", str(tmp_path / "bad"),
                          "--init-from", str(src / "final.pt"),
@@ -554,7 +568,8 @@ def test_large_margin_fine_tuning_config_starts_from_the_trained_system(tiny_rec
                            "--profile", "train.average_last=1", *FAST, "train.epochs=1",
                            f"train.init_from={base / 'final.pt'}"]) == 0
     log = (ft / "train.log").read_text()
-    assert f"encoder initialised from {base / 'final.pt'}" in log
+    # the same training speakers: the AAM classifier carries over from final.pt (wespeaker's LM keeps it)
+    assert f"encoder and loss head initialised from {base / 'final.pt'}" in log
     assert "keeps its own train.epochs over the profile's train.epochs=30" in log
     cfg = load_config(str(ft / "config.yaml"))
     assert cfg["train"]["epochs"] == 1

@@ -67,8 +67,8 @@ CPU_CHUNK = 8
 #: how stage 0 names the manifests of an augmentation set (pysv.data.corpora._augment_sets)
 RECORDINGS_SUFFIX = "_recordings.jsonl.gz"
 SUPERVISIONS_SUFFIX = "_supervisions.jsonl.gz"
-PREPARE_HINT = ("stage 0 writes it: python -m pysv.bin.prepare_data musan|rirs ... -> "
-                "<data-root>/manifests/<name>_recordings.jsonl.gz")
+PREPARE_HINT = ("stage 0 writes it: run.sh --musan-dir DIR / --rirs-dir DIR, or python -m pysv.bin.prepare_data "
+                "musan|rirs ... -> <data-root>/manifests/<name>_recordings.jsonl.gz")
 
 PathLike = Union[str, os.PathLike]
 

@@ -131,19 +131,26 @@ def write_final(path, ckpt_dir, epochs: Sequence[int], config_text: str, num_par
     if missing or not epochs:
         raise CheckpointError(f"{ckpt_dir}: no checkpoint of epoch(s) {missing or list(epochs)} to average "
                               "(pruned by train.keep_checkpoints?)")
-    final = {"model": average_encoder_weights([by_epoch[e] for e in epochs]), "config": config_text,
+    paths = [by_epoch[e] for e in epochs]
+    final = {"model": average_encoder_weights(paths), "config": config_text,
              "num_params": num_params, "averaged_epochs": list(epochs)}
+    # the objective (classifier / proxies) averaged alike, with the speakers its rows stand for:
+    # a fine-tuning run on the same speakers carries it over (train.init_from)
+    last = load(paths[-1])
+    if last.get("loss") and last.get("train_speakers"):
+        final["loss"] = average_encoder_weights(paths, key="loss")
+        final["train_speakers"] = list(last["train_speakers"])
     save(final, path)
     return final
 
 
-def average_encoder_weights(paths: Sequence[Path]) -> Dict[str, torch.Tensor]:
-    """The encoder state dict averaged over checkpoints ``paths`` (float tensors averaged in float64,
-    returned as float32; integer buffers such as BN's batch counter taken from the first), as
-    wespeaker's ``average_model.py``."""
+def average_encoder_weights(paths: Sequence[Path], key: str = "model") -> Dict[str, torch.Tensor]:
+    """The encoder state dict (``key`` "loss": the training objective's) averaged over checkpoints
+    ``paths`` (float tensors averaged in float64, returned as float32; integer buffers such as BN's
+    batch counter taken from the first), as wespeaker's ``average_model.py``."""
     avg: Optional[Dict[str, torch.Tensor]] = None
     for p in paths:
-        sd = load(p)["model"]
+        sd = load(p)[key]
         if avg is None:
             avg = {n: t.clone().double() if t.is_floating_point() else t.clone() for n, t in sd.items()}
         else:
@@ -159,10 +166,11 @@ class ArchitectureMismatch(DataError):
     """Saved encoder weights that do not fit the encoder built from the config."""
 
 
-def load_encoder_weights(encoder: torch.nn.Module, path) -> None:
-    """Load the encoder weights (``model``) of a ``final.pt`` or epoch checkpoint into ``encoder``;
-    :class:`ArchitectureMismatch` names the tensors that differ when the architectures do."""
-    state = load(path)
+def load_encoder_weights(encoder: torch.nn.Module, path, state: Optional[Dict[str, Any]] = None) -> None:
+    """Load the encoder weights (``model``) of a ``final.pt`` or epoch checkpoint (``state``: its
+    loaded contents) into ``encoder``; :class:`ArchitectureMismatch` names the tensors that differ
+    when the architectures do."""
+    state = load(path) if state is None else state
     if "model" not in state:
         raise CheckpointError(f"{path}: no encoder weights ('model') in this checkpoint")
     own = encoder.state_dict()

@@ -67,6 +67,7 @@ DEFAULTS: Dict[str, Any] = {
         "patience": 3,
         "step_size": 10,
         "min_lr": 1e-6,               # plateau: floor; warmup_exp / warmup_cosine: the lr reached at the last step
+                                      # (absolute: not scaled by optim.lr_batch)
         "warmup_epochs": 0.0,         # warmup_*: linear warm-up from 0 over this many epochs (per iteration)
         "horizon": "epochs",          # warmup_*: decay over train.epochs | budget: over train.max_minutes
                                       # (re-estimated each epoch; pysv.train.optim.Horizon)

@@ -123,6 +123,11 @@ class Trainer:
         if cfg["optim"]["lr_batch"]:
             log.info("optim.lr %g for batch %d -> %g at sampler.batch_size %d (linear scaling)", cfg["optim"]["lr"],
                      cfg["optim"]["lr_batch"], effective_lr(cfg), cfg["sampler"]["batch_size"])
+        if self.steps_per_iteration_scheduler and cfg["scheduler"]["min_lr"] > effective_lr(cfg):
+            raise ConfigError(f"config key 'scheduler.min_lr': {cfg['scheduler']['min_lr']:g} is above the learning "
+                              f"rate it decays from, {effective_lr(cfg):g} (optim.lr {cfg['optim']['lr']:g}"
+                              + (f" x sampler.batch_size {cfg['sampler']['batch_size']} / optim.lr_batch "
+                                 f"{cfg['optim']['lr_batch']}" if cfg["optim"]["lr_batch"] else "") + ")")
         self.horizon = Horizon(len(self.data.loader), cfg["train"]["epochs"])
         self.scheduler = build_scheduler(self.optimizer, cfg, len(self.data.loader), self.horizon)
         try:
@@ -301,13 +306,26 @@ class Trainer:
 
     def _init_encoder(self, path: str) -> None:
         """Fine-tuning: the encoder's weights (and BN statistics) from a trained system's
-        ``final.pt`` or an epoch checkpoint; the loss and its class vectors start new, so the
-        speakers may differ."""
+        ``final.pt`` or an epoch checkpoint. The loss (classifier rows, proxies) carries over when
+        the checkpoint was trained on the same speakers, in the same order, with an objective of
+        the same shapes (wespeaker's large-margin fine-tuning keeps its classifier); otherwise it
+        starts new, so the speakers may differ."""
+        state = checkpoint.load(path)
         try:
-            checkpoint.load_encoder_weights(self.net.encoder, path)
+            checkpoint.load_encoder_weights(self.net.encoder, path, state=state)
         except checkpoint.ArchitectureMismatch as e:
             raise ConfigError(f"config key 'train.init_from': {e}") from None
-        log.info("encoder initialised from %s (loss head new)", path)
+        own = self.net.loss.state_dict()
+        head = state.get("loss") or {}
+        same = (state.get("train_speakers") == self.data.train_speakers and set(head) == set(own)
+                and all(tuple(head[k].shape) == tuple(v.shape) for k, v in own.items()))
+        if same and own:
+            self.net.loss.load_state_dict(head)
+            log.info("encoder and loss head initialised from %s (the same %d training speakers)", path,
+                     len(self.data.train_speakers))
+        else:
+            log.info("encoder initialised from %s (loss head new%s)", path,
+                     "" if not own else ": other training speakers or objective")
 
     def _compile_encoder(self) -> None:
         """``train.compile``: the encoder's forward through ``torch.compile`` (the loss stays eager:
