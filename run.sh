@@ -86,6 +86,19 @@ case $corpus in
 esac
 system_list=$(python -m pysv.bin.systems list $systems)
 log "corpus $corpus: train $train_set, test $test_set; systems: $(echo $system_list)"
+# a system whose own config trains with augmentation (e.g. small_data_cpu) needs the sets' manifests,
+# which stage 0 writes from --musan-dir / --rirs-dir: refuse now rather than at stage 2
+while read -r aug_sys aug_set aug_manifest; do
+  [[ -z ${aug_sys:-} || -f $aug_manifest ]] && continue
+  aug_flag=--musan-dir; aug_dir=$musan_dir
+  [[ $aug_set == rirs ]] && aug_flag=--rirs-dir && aug_dir=$rirs_dir
+  if [[ -z $aug_dir ]]; then
+    echo "run.sh: system $aug_sys trains with the augmentation set $aug_manifest (conf/$aug_sys.yaml" \
+         "data.augment.$aug_set), which is not prepared: pass $aug_flag DIR (e.g. $aug_flag" \
+         "../shared/data/$([[ $aug_set == rirs ]] && echo rir || echo noise)) so that stage 0 writes it" >&2
+    exit 1
+  fi
+done < <(python -m pysv.bin.systems augment-sets $system_list)
 
 if [[ $stage -le 0 && $stop_stage -ge 0 ]]; then
   log "stage 0: data preparation"

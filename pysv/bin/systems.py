@@ -4,6 +4,8 @@
                                                                # (list names: conf/systems.yaml)
     python -m pysv.bin.systems get <system> data.feature       # a config value ('' for null)
     python -m pysv.bin.systems get exp/<system>/config.yaml extract.mode   # ... of a run's resolved config
+    python -m pysv.bin.systems augment-sets <system> ...       # "<system> musan|rirs <manifest>" lines:
+                                                               # the augmentation sets a config trains with
 """
 from __future__ import annotations
 
@@ -45,13 +47,26 @@ def main(argv=None):
     g = sub.add_parser("get")
     g.add_argument("system")
     g.add_argument("key")
+    a = sub.add_parser("augment-sets")
+    a.add_argument("systems", nargs="+")
     args = p.parse_args(argv)
     if args.cmd == "list":
         print("\n".join(expand(args.names, args.conf_dir)))
         return 0
     from pysv.train.config import load_config
-    path = Path(args.system) if args.system.endswith(".yaml") else Path(args.conf_dir) / f"{args.system}.yaml"
-    cfg = load_config(str(path), check_choices=False)
+
+    def config_of(system):
+        path = Path(system) if system.endswith(".yaml") else Path(args.conf_dir) / f"{system}.yaml"
+        return load_config(str(path), check_choices=False)
+
+    if args.cmd == "augment-sets":
+        for s in args.systems:
+            augment = config_of(s)["data"]["augment"]
+            for key in ("musan", "rirs"):
+                if isinstance(augment, dict) and augment.get(key):
+                    print(s, key, augment[key])
+        return 0
+    cfg = config_of(args.system)
     node = cfg
     for k in args.key.split("."):
         node = node[k]
