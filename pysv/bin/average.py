@@ -51,10 +51,9 @@ def main(argv=None) -> int:
         for name in COPIED:
             if (src / name).is_file():
                 shutil.copy2(src / name, dst / name)
+        (dst / ".done").unlink(missing_ok=True)
     cfg = load_config(str(src / "config.yaml"), check_choices=False)
     num_params = checkpoint.load(src / "final.pt").get("num_params", 0)
-    if dst.resolve() != src.resolve():
-        (dst / ".done").unlink(missing_ok=True)
     try:  # in place, the old marker stays until the new final.pt is written: a failure leaves the run as it was
         checkpoint.write_final(dst / "final.pt", src / "checkpoints", epochs, checkpoint.config_to_text(cfg),
                                num_params)

@@ -132,34 +132,44 @@ def write_final(path, ckpt_dir, epochs: Sequence[int], config_text: str, num_par
         raise CheckpointError(f"{ckpt_dir}: no checkpoint of epoch(s) {missing or list(epochs)} to average "
                               "(pruned by train.keep_checkpoints?)")
     paths = [by_epoch[e] for e in epochs]
-    final = {"model": average_encoder_weights(paths), "config": config_text,
-             "num_params": num_params, "averaged_epochs": list(epochs)}
     # the objective (classifier / proxies) averaged alike, with the speakers its rows stand for:
     # a fine-tuning run on the same speakers carries it over (train.init_from)
     last = load(paths[-1])
-    if last.get("loss") and last.get("train_speakers"):
-        final["loss"] = average_encoder_weights(paths, key="loss")
+    with_head = bool(last.get("loss")) and bool(last.get("train_speakers"))
+    averaged = average_states(paths, ("model", "loss") if with_head else ("model",))
+    final = {"model": averaged["model"], "config": config_text, "num_params": num_params,
+             "averaged_epochs": list(epochs)}
+    if with_head:
+        final["loss"] = averaged["loss"]
         final["train_speakers"] = list(last["train_speakers"])
     save(final, path)
     return final
 
 
-def average_encoder_weights(paths: Sequence[Path], key: str = "model") -> Dict[str, torch.Tensor]:
-    """The encoder state dict (``key`` "loss": the training objective's) averaged over checkpoints
-    ``paths`` (float tensors averaged in float64, returned as float32; integer buffers such as BN's
-    batch counter taken from the first), as wespeaker's ``average_model.py``."""
-    avg: Optional[Dict[str, torch.Tensor]] = None
+def average_encoder_weights(paths: Sequence[Path]) -> Dict[str, torch.Tensor]:
+    """The encoder state dict averaged over checkpoints ``paths`` (:func:`average_states`)."""
+    return average_states(paths, ("model",))["model"]
+
+
+def average_states(paths: Sequence[Path], keys: Sequence[str]) -> Dict[str, Dict[str, torch.Tensor]]:
+    """``key -> state dict`` averaged over checkpoints ``paths``, each read once (keys "model": the
+    encoder, "loss": the objective): float tensors averaged in float64, returned as float32; integer
+    buffers such as BN's batch counter taken from the first, as wespeaker's ``average_model.py``."""
+    avg: Dict[str, Dict[str, torch.Tensor]] = {}
     for p in paths:
-        sd = load(p)[key]
-        if avg is None:
-            avg = {n: t.clone().double() if t.is_floating_point() else t.clone() for n, t in sd.items()}
-        else:
-            for n, t in sd.items():
-                if t.is_floating_point():
-                    avg[n] += t.double()
-    if avg is None:
+        state = load(p)
+        for key in keys:
+            sd = state[key]
+            if key not in avg:
+                avg[key] = {n: t.clone().double() if t.is_floating_point() else t.clone() for n, t in sd.items()}
+            else:
+                for n, t in sd.items():
+                    if t.is_floating_point():
+                        avg[key][n] += t.double()
+    if not avg:
         raise CheckpointError("no checkpoint to average")
-    return {n: (t / len(paths)).float() if t.is_floating_point() else t for n, t in avg.items()}
+    return {key: {n: (t / len(paths)).float() if t.is_floating_point() else t for n, t in sd.items()}
+            for key, sd in avg.items()}
 
 
 class ArchitectureMismatch(DataError):
