@@ -52,8 +52,8 @@ class OperatingPoints:
     fnr: np.ndarray  # [U + 1]
     fpr: np.ndarray  # [U + 1]
     thresholds: np.ndarray  # [U + 1]: accept if score >= threshold (last one is +inf)
-    num_target: int
-    num_nontarget: int
+    num_target: float  # int unless the trials were weighted
+    num_nontarget: float
 
 
 def _check(scores, labels) -> Tuple[np.ndarray, np.ndarray]:
@@ -80,17 +80,31 @@ def _check(scores, labels) -> Tuple[np.ndarray, np.ndarray]:
     return s, lab
 
 
-def operating_points(scores, labels) -> OperatingPoints:
-    """All distinct operating points of the decision ``score >= t`` (equal scores grouped)."""
+def operating_points(scores, labels, weights=None) -> OperatingPoints:
+    """All distinct operating points of the decision ``score >= t`` (equal scores grouped).
+
+    ``weights`` (non-negative, one per trial) count each trial that many times: a bootstrap
+    resample given as multiplicities (:func:`speaker_bootstrap`). The trial counts of the result
+    are then the summed weights."""
     s, lab = _check(scores, labels)
-    n = s.size
+    if weights is None:
+        w = np.ones(s.size)
+    else:
+        w = np.asarray(weights, dtype=np.float64).ravel()
+        if w.shape != s.shape:
+            raise ValueError(f"weights and scores differ in length: {w.size} vs {s.size}")
+        if not np.isfinite(w).all() or (w < 0).any():
+            raise ValueError("weights must be finite and non-negative")
     order = np.argsort(s)  # order inside a group of equal scores is irrelevant: groups are merged
     s = s[order]
     lab = lab[order]
-    n_tar = int(lab.sum())
-    n_non = n - n_tar
-    tar_cum = np.cumsum(lab)
-    non_cum = np.arange(1, n + 1) - tar_cum
+    w = w[order]
+    n_tar = float((w * lab).sum())
+    n_non = float(w.sum()) - n_tar
+    if n_tar <= 0 or n_non <= 0:
+        raise ValueError("the weights leave no target or no non-target trial")
+    tar_cum = np.cumsum(w * lab)
+    non_cum = np.cumsum(w) - tar_cum
     # index of the last element of each group of equal scores
     last = np.flatnonzero(np.r_[s[1:] != s[:-1], True])
     tar_rej = np.r_[0, tar_cum[last]]
@@ -98,6 +112,8 @@ def operating_points(scores, labels) -> OperatingPoints:
     fnr = tar_rej / n_tar
     fpr = (n_non - non_rej) / n_non
     thresholds = np.r_[s[last], np.inf]
+    if weights is None:
+        n_tar, n_non = int(n_tar), int(n_non)
     return OperatingPoints(fnr, fpr, thresholds, n_tar, n_non)
 
 
@@ -122,18 +138,18 @@ def _min_dcf(op: OperatingPoints, p_target: float, c_miss: float, c_fa: float) -
     return float(dcf.min() / c_def)
 
 
-def compute_eer(scores, labels) -> Tuple[float, float]:
+def compute_eer(scores, labels, weights=None) -> Tuple[float, float]:
     """Equal error rate in percent and the threshold (accept if score >= threshold) there.
 
     Raises ``ValueError`` if there are no target or no non-target trials.
     """
-    return _eer(operating_points(scores, labels))
+    return _eer(operating_points(scores, labels, weights))
 
 
 def compute_min_dcf(scores, labels, p_target: float = 0.01, c_miss: float = 1.0,
-                    c_fa: float = 1.0) -> float:
+                    c_fa: float = 1.0, weights=None) -> float:
     """Normalized minimum detection cost (Kaldi ``compute_min_dcf.py`` definition)."""
-    return _min_dcf(operating_points(scores, labels), p_target, c_miss, c_fa)
+    return _min_dcf(operating_points(scores, labels, weights), p_target, c_miss, c_fa)
 
 
 def compute_metrics(scores, labels, p_targets: Sequence[float] = (0.01, 0.05),

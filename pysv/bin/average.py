@@ -60,8 +60,7 @@ def main(argv=None) -> int:
     except DataError as e:
         print(f"pysv.bin.average: {e}", file=sys.stderr)
         return 2
-    outputs = [dst / n for n in ("final.pt", "history.json", "config.yaml")]
-    stage.write(dst / ".done", {"system": cfg["system"]}, outputs, epochs=len(history))
+    checkpoint.mark_run_complete(dst, cfg["system"], len(history))
     valid = {h["epoch"]: h.get("valid_eer") for h in history}
     print(f"pysv.bin.average: wrote {dst / 'final.pt'}: average of epochs {epochs} ({args.select}; validation EER "
           + ", ".join(f"{valid[e]:.2f}" if valid[e] is not None else "n/a" for e in epochs) + ")")

@@ -27,6 +27,7 @@ import torch
 import yaml
 
 from pysv import models as model_lib
+from pysv.utils import stage
 from pysv.utils.io import DataError, atomic_path
 
 log = logging.getLogger("pysv.train.checkpoint")
@@ -144,6 +145,16 @@ def write_final(path, ckpt_dir, epochs: Sequence[int], config_text: str, num_par
         final["train_speakers"] = list(last["train_speakers"])
     save(final, path)
     return final
+
+
+RUN_OUTPUTS = ("final.pt", "history.json", "config.yaml")  # what a complete training run (stage 2) holds
+
+
+def mark_run_complete(exp_dir, system: str, num_epochs: int) -> None:
+    """Write stage 2's ``.done`` marker of training run ``exp_dir`` (last, over :data:`RUN_OUTPUTS`):
+    the trainer after finalising and ``pysv.bin.average`` after re-averaging write the same one."""
+    exp_dir = Path(exp_dir)
+    stage.write(exp_dir / ".done", {"system": system}, [exp_dir / n for n in RUN_OUTPUTS], epochs=num_epochs)
 
 
 def average_encoder_weights(paths: Sequence[Path]) -> Dict[str, torch.Tensor]:

@@ -34,7 +34,6 @@ from pysv.train.config import ConfigError, save_config
 from pysv.train.distributed import DistInfo, barrier, broadcast_float
 from pysv.train.optim import PER_ITERATION, Horizon, build_optimizer, build_scheduler, effective_lr
 from pysv.train.plots import plot_eer_curves
-from pysv.utils import stage
 from pysv.utils.io import DataError, atomic_write
 
 log = logging.getLogger("pysv.train")
@@ -453,8 +452,7 @@ class Trainer:
         if self.data.valid_speakers:
             with atomic_write(self.exp / "valid_speakers") as f:
                 f.write("\n".join(self.data.valid_speakers) + "\n")
-        outputs = [self.exp / n for n in ("final.pt", "history.json", "config.yaml")]
-        stage.write(self.exp / ".done", {"system": self.cfg["system"]}, outputs, epochs=len(self.history))
+        checkpoint.mark_run_complete(self.exp, self.cfg["system"], len(self.history))
         log.info("wrote %s (average of epochs %s)", self.exp / "final.pt", final["averaged_epochs"])
 
 
