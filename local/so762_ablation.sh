@@ -5,7 +5,10 @@
 # training budget (train.max_minutes) on this machine's CPU. Choices are made on the validation
 # speakers (history.json valid_eer); the test columns are reported, not used.
 #
-#   local/so762_ablation.sh [--minutes 10] [--exp-root exp_so762_abl] [ROW ...]   (default: every row)
+#   local/so762_ablation.sh [--minutes 10] [--exp-root exp_so762_abl] [--seed 1] [ROW ...]   (default: every row)
+#
+# --seed: the training seed of every row (initialisation, crops, augmentation, validation speakers);
+# a second seed of a row measures how much its numbers move from training alone.
 #
 # Needs stages 0-1 of the split first (the augmentation manifests included):
 #   ./run.sh --corpus folder --corpus-dir ../shared/data/so762_dev/wav --name so762 \
@@ -19,6 +22,7 @@ corpus_dir=../shared/data/so762_dev/wav
 noise_dir=../shared/data/noise
 rir_dir=../shared/data/rir
 backends="cosine cosine_mean plda asnorm"
+seed=
 . ./utils/parse_options.sh
 
 all_rows="vt mean small none mean_aug mean_aug_sp aam_aug aam_aug_spnew mmpb_aug aam_aug_lmft"
@@ -32,6 +36,7 @@ row() {
   local name=$1 sys=$2 opts=$3
   shift 3
   echo "=== row $name: $sys ($opts $*)"
+  [[ -n $seed ]] && opts="$opts seed=$seed"
   ${RUN_SH:-./run.sh} "${corpus[@]}" --stage 2 --exp "$exp_root/$name" --systems "$sys" --backends "$backends" \
     --train-opts "$opts" "$@"
 }

@@ -641,6 +641,35 @@ def test_budget_horizon_estimates_the_steps_the_budget_holds():
                                                                   "train.max_minutes=10"])
 
 
+def test_valid_every_validates_every_nth_and_the_last_epoch(tiny_recipe, tmp_path):
+    exp, _ = run_train(tiny_recipe, tmp_path, "xvector_softmax.yaml", "data.feature=fbank40",
+                       "model.hparams.feat_dim=40", "train.epochs=5", "train.valid_every=2",
+                       "scheduler.name=plateau", exp_name="valid_every")
+    hist = json.loads((exp / "history.json").read_text())
+    assert [h["epoch"] for h in hist if "valid_eer" in h] == [2, 4, 5]
+    assert [h["epoch"] for h in hist if "valid_seconds" in h] == [2, 4, 5]
+    assert all(0 < h["valid_seconds"] < h["epoch_seconds"] for h in hist if "valid_seconds" in h)
+    with pytest.raises(ConfigError, match="valid_every"):
+        load_config(str(REPO / "conf" / "xvector_softmax.yaml"), ["train.valid_every=0"])
+
+
+def test_budget_estimate_counts_validation_only_for_epochs_that_validate():
+    import types
+    t = Trainer.__new__(Trainer)
+    t.cfg = {"train": {"valid_every": 3, "epochs": 100}}
+    t.dist = types.SimpleNamespace(is_main=False)
+    t.history = [{"epoch": 1, "epoch_seconds": 10.0}, {"epoch": 2, "epoch_seconds": 10.0},
+                 {"epoch": 3, "epoch_seconds": 16.0, "valid_seconds": 6.0}]
+    assert t._pace() == (10.0, 6.0)
+    # 36 s spent of 50: epoch 4 (no validation, ~10 s) fits; epoch 6 (10 + 6 s) would not
+    assert not t._over_budget(50 / 60, 4)
+    assert t._over_budget(50 / 60, 6) and t.history[-1]["stopped"] == "train.max_minutes"
+    # the budget horizon's pace amortises one validation over valid_every epochs
+    from pysv.train.optim import Horizon
+    train_s, valid_s = t._pace()
+    assert Horizon(10, 1000).fit_budget(t._epoch_seconds(), 1, pace=train_s + valid_s / 3) == (3 + 2) * 10
+
+
 def test_budget_horizon_decays_to_min_lr_when_the_budget_ends(tiny_recipe, tmp_path, monkeypatch):
     # every epoch "takes" 6 s of a 30 s budget (the clock replaced): 5 epochs fit; from epoch 2 on the
     # schedule spans those 5 epochs and the learning rate reaches min_lr at the last step

@@ -87,6 +87,8 @@ DEFAULTS: Dict[str, Any] = {
         "find_unused_parameters": False,
         "keep_checkpoints": 0,        # 0 = keep all epoch checkpoints
         "max_minutes": None,          # time budget: stop after the last epoch that fits (then finalise)
+        "valid_every": 1,             # validate after every N-th epoch (and the last of train.epochs);
+                                      # plateau steps on validated epochs (voxceleb_trainer's test_interval)
         "init_from": None,            # fine-tuning: encoder weights from this final.pt / checkpoint (new loss head)
         "margin_ramp": None,          # [start_epoch, end_epoch]: AM/AAM margin ramps 0 -> loss.hparams.margin
     },
@@ -292,7 +294,8 @@ def check_values(cfg: Dict[str, Any], check_choices: bool = True) -> None:
     for key, allowed in choices.items():
         if flat[key] not in allowed:
             raise ConfigError(f"config key '{key}': {flat[key]!r} is not one of {tuple(allowed)}")
-    positive = ["data.crop", "sampler.batch_size", "optim.lr", "train.epochs", "train.average_last"]
+    positive = ["data.crop", "sampler.batch_size", "optim.lr", "train.epochs", "train.average_last",
+                "train.valid_every"]
     for key in positive:
         if flat[key] <= 0:
             raise ConfigError(f"config key '{key}' must be positive, got {flat[key]!r}")

@@ -14,7 +14,7 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -381,13 +381,20 @@ class Trainer:
                               f"(data.valid_speakers > 0 or data.valid_trials); this run has none")
         budget = cfg["train"]["max_minutes"]
         for epoch in range(self.start_epoch, epochs + 1):
-            if budget is not None and self._over_budget(budget):
+            if budget is not None and self._over_budget(budget, epoch):
                 break
             if budget is not None and cfg["scheduler"]["horizon"] == "budget":
-                self.horizon.fit_budget(self._epoch_seconds(), budget)
+                train_s, valid_s = self._pace()
+                self.horizon.fit_budget(self._epoch_seconds(), budget,
+                                        pace=train_s + valid_s / cfg["train"]["valid_every"])
             t_epoch = time.time()
             stats = self.train_epoch(epoch)
-            eer = broadcast_float(self.validate() if self.dist.is_main else 0.0, self.dist)
+            valid_s = None
+            eer = None
+            if self._validates(epoch):
+                t_valid = time.time()
+                eer = broadcast_float(self.validate() if self.dist.is_main else 0.0, self.dist)
+                valid_s = broadcast_float(time.time() - t_valid, self.dist)
             lr = self.optimizer.param_groups[0]["lr"]
             if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 if eer is not None and not math.isnan(eer):
@@ -397,6 +404,8 @@ class Trainer:
             # rank 0's wall time (validation included) on every rank: the budget decisions agree
             wall = broadcast_float(time.time() - t_epoch, self.dist)
             rec = {"epoch": epoch, "lr": lr, **stats, "epoch_seconds": wall}
+            if valid_s is not None:
+                rec["valid_seconds"] = valid_s
             if self.steps_per_iteration_scheduler:
                 rec["lr_horizon_steps"] = self.horizon.total
             if budget is not None:
@@ -416,19 +425,34 @@ class Trainer:
         barrier(self.dist)
         return {"history": self.history, "num_params": self.num_params}
 
+    def _validates(self, epoch: int) -> bool:
+        """``train.valid_every``: validation after every N-th epoch and after the last of ``train.epochs``."""
+        return epoch % self.cfg["train"]["valid_every"] == 0 or epoch == self.cfg["train"]["epochs"]
+
     def _epoch_seconds(self) -> List[float]:
         return [h.get("epoch_seconds", h.get("seconds", 0.0)) for h in self.history]
 
-    def _over_budget(self, budget_minutes: float) -> bool:
-        """``train.max_minutes``: would the next epoch end past the budget? Spent = the wall time of
-        the epochs in the history (training and validation, resumed runs included); the next epoch is
-        estimated as the mean of the last three. At least one epoch always runs. Every rank reads
-        the same history, so all stop together."""
+    def _pace(self) -> Tuple[float, float]:
+        """(wall seconds of the next epoch without validation, seconds of one validation): the mean of
+        the last three epochs' walls less their validation, and of the last three validations (0 before
+        any; histories written before ``valid_seconds`` was recorded count validation in the walls)."""
+        walls = self._epoch_seconds()
+        valid = [h.get("valid_seconds", 0.0) for h in self.history]
+        train = [w - v for w, v in zip(walls, valid)][-3:]
+        done = [h["valid_seconds"] for h in self.history if "valid_seconds" in h][-3:]
+        return (sum(train) / len(train) if train else 0.0), (sum(done) / len(done) if done else 0.0)
+
+    def _over_budget(self, budget_minutes: float, next_epoch: int) -> bool:
+        """``train.max_minutes``: would epoch ``next_epoch`` end past the budget? Spent = the wall time
+        of the epochs in the history (training and validation, resumed runs included); the next epoch
+        is estimated from the last three (:meth:`_pace`), with a validation if it validates. At least
+        one epoch always runs. Every rank reads the same history, so all stop together."""
         done = self._epoch_seconds()
         if not done:
             return False
         spent = sum(done)
-        estimate = sum(done[-3:]) / len(done[-3:])
+        train_s, valid_s = self._pace()
+        estimate = train_s + (valid_s if self._validates(next_epoch) else 0.0)
         if spent + estimate <= 60.0 * budget_minutes:
             return False
         if self.dist.is_main:
