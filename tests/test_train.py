@@ -628,11 +628,11 @@ def test_final_averages_the_best_validation_epochs(tiny_recipe, tmp_path, capsys
 def test_budget_horizon_estimates_the_steps_the_budget_holds():
     from pysv.train.optim import Horizon
     h = Horizon(steps_per_epoch=10, epochs=1000)
-    assert h.fit_budget([], 10) == 10_000  # before the first epoch: train.epochs
+    assert h.fit_budget([], 10, pace=0.0) == 10_000  # before the first epoch: train.epochs
     # 3 epochs of 60 s spent of 600: 7 more fit at that pace -> 10 epochs of 10 steps
-    assert h.fit_budget([60.0, 60.0, 60.0], 10) == 100
-    assert h.fit_budget([60.0, 60.0, 90.0, 120.0], 10) == (4 + int((600 - 330) // 90)) * 10
-    assert Horizon(10, 5).fit_budget([1.0], 10) == 50  # never past train.epochs
+    assert h.fit_budget([60.0, 60.0, 60.0], 10, pace=60.0) == 100
+    assert h.fit_budget([60.0, 60.0, 90.0, 120.0], 10, pace=90.0) == (4 + int((600 - 330) // 90)) * 10
+    assert Horizon(10, 5).fit_budget([1.0], 10, pace=1.0) == 50  # never past train.epochs
     with pytest.raises(ConfigError, match="budget needs train.max_minutes"):
         load_config(str(REPO / "conf" / "xvector_softmax.yaml"), ["scheduler.horizon=budget",
                                                                   "scheduler.name=warmup_cosine"])

@@ -72,13 +72,11 @@ class Horizon:
         self.max_total = self.steps_per_epoch * epochs
         self.total = self.max_total
 
-    def fit_budget(self, epoch_seconds: Sequence[float], budget_minutes: float, pace: Optional[float] = None) -> int:
+    def fit_budget(self, epoch_seconds: Sequence[float], budget_minutes: float, pace: float) -> int:
         """Set :attr:`total` from the wall seconds of the epochs done (the same on every rank) and the
-        seconds one more epoch costs (``pace``; default: the mean of the last three); before the first
-        epoch the horizon stays ``train.epochs``."""
+        seconds one more epoch costs (``pace``, the trainer's estimate); before the first epoch the
+        horizon stays ``train.epochs``."""
         if epoch_seconds:
-            if pace is None:
-                pace = sum(epoch_seconds[-3:]) / len(epoch_seconds[-3:])
             left = max(0, int((60.0 * budget_minutes - sum(epoch_seconds)) // max(pace, 1e-9)))
             self.total = min(self.max_total, (len(epoch_seconds) + left) * self.steps_per_epoch)
         return self.total
