@@ -23,6 +23,8 @@ corpus=mini               # mini | folder | voxceleb | kaldi
 corpus_dir=               # folder: <speaker>/<utt>.{wav,flac}
 test_corpus_dir=          # folder: separate test directory (else a speaker-disjoint split)
 test_fraction=0.2         # folder: fraction of speakers held out for testing
+test_speakers=            # folder: file of test speaker ids instead (one per line)
+test_fold=                # folder: K/N = test on fold K of N seeded speaker folds instead (cross-validation)
 name=                     # folder, kaldi: set-name prefix (default: the corpus name)
 nontarget_ratio=1.0       # folder, kaldi: non-target trials per target trial (generated trials)
 vox1_dir=                 # voxceleb: VoxCeleb1 root (wav/idXXXXX/...)
@@ -119,6 +121,7 @@ if [[ $stage -le 0 && $stop_stage -ge 0 ]]; then
     mini)     local/prepare_mini.sh --data-root data --min-utt-duration "$min_utt_duration" $force_flag ;;
     folder)   local/prepare_folder.sh --data-root data --name "$name" --corpus-dir "$corpus_dir" \
                 ${test_corpus_dir:+--test-corpus-dir "$test_corpus_dir"} --test-fraction "$test_fraction" \
+                ${test_speakers:+--test-speakers "$test_speakers"} ${test_fold:+--test-fold "$test_fold"} \
                 --nontarget-ratio "$nontarget_ratio" --on-rate-mismatch "$on_rate_mismatch" \
                 ${convert_audio:+--convert-audio "$convert_audio" --nj "$nj"} \
                 --min-utt-duration "$min_utt_duration" $force_flag ;;

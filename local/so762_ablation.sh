@@ -5,10 +5,13 @@
 # training budget (train.max_minutes) on this machine's CPU. Choices are made on the validation
 # speakers (history.json valid_eer); the test columns are reported, not used.
 #
-#   local/so762_ablation.sh [--minutes 10] [--exp-root exp_so762_abl] [--seed 1] [ROW ...]   (default: every row)
+#   local/so762_ablation.sh [--minutes 10] [--exp-root exp_so762_abl] [--seed 1] [--name so762] [ROW ...]
+#                                                                                   (default: every row)
 #
 # --seed: the training seed of every row (initialisation, crops, augmentation, validation speakers);
 # a second seed of a row measures how much its numbers move from training alone.
+# --name: the split's set names (<name>_train, <name>_test); local/so762_folds.sh runs the rows on
+# each fold of a speaker cross-validation this way.
 #
 # Needs stages 0-1 of the split first (the augmentation manifests included):
 #   ./run.sh --corpus folder --corpus-dir ../shared/data/so762_dev/wav --name so762 \
@@ -23,11 +26,12 @@ noise_dir=../shared/data/noise
 rir_dir=../shared/data/rir
 backends="cosine cosine_mean plda asnorm"
 seed=
+name=so762
 . ./utils/parse_options.sh
 
 all_rows="vt mean small none mean_aug mean_aug_sp aam_aug aam_aug_spnew mmpb_aug aam_aug_lmft"
 rows=${*:-$all_rows}
-corpus=(--corpus folder --corpus-dir "$corpus_dir" --name so762)
+corpus=(--corpus folder --corpus-dir "$corpus_dir" --name "$name")
 aug=(--musan-dir "$noise_dir" --rirs-dir "$rir_dir")
 budget="train.epochs=1000 train.max_minutes=$minutes"
 

@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 
 from pysv.data import prepare as prep
-from pysv.data.corpora.folder import prepare_folder
+from pysv.data.corpora.folder import parse_fold, prepare_folder, speaker_folds, split_speakers
 from pysv.data.corpora.mini import prepare_mini
 from pysv.data.corpora.mini_synth import (MiniConfig, check_generated, draw_speaker,
                                           generate_mini_corpus, synthesize_utterance, time_varying_sosfilt,
@@ -321,6 +321,38 @@ def test_folder_split_disjoint_deterministic_and_trials(tmp_path):
                        audio_opts=QUIET)
         picks.add(tuple(sorted(read_table(r3 / str(seed) / "folder_test" / "spk2utt"))))
     assert len(picks | {tuple(sorted(test))}) > 1
+
+
+def test_speaker_folds_partition_and_test_fold_split(tmp_path):
+    """--test-fold K/N: N disjoint seeded folds covering every speaker once; fold K is the test set."""
+    speakers = [f"s{i:02d}" for i in range(11)]
+    folds = speaker_folds(speakers, 4, seed=0)
+    assert sorted(len(f) for f in folds) == [2, 3, 3, 3]
+    assert sorted(s for f in folds for s in f) == speakers  # a partition: each speaker in one fold
+    assert folds == speaker_folds(list(reversed(speakers)), 4, seed=0)  # order of the input does not matter
+    assert folds != speaker_folds(speakers, 4, seed=1)
+    for k, fold in enumerate(folds, 1):
+        train, test = split_speakers(speakers, 0.2, 0, test_fold=f"{k}/4")
+        assert test == fold and sorted(train + test) == speakers
+    for bad in ("0/4", "5/4", "1/1", "x/4", "2"):
+        with pytest.raises(DataError, match="--test-fold must be K/N"):
+            parse_fold(bad)
+    with pytest.raises(DataError, match="fewer than 2 test speakers"):
+        speaker_folds(speakers, 6, seed=0)
+    corpus = make_folder_corpus(tmp_path / "corpus", n_spk=6, n_utt=2)
+    tested = []
+    for k in (1, 2, 3):
+        root = tmp_path / f"fold{k}"
+        prepare_folder(corpus, root, audio_opts=QUIET, test_fold=f"{k}/3")
+        train = set(read_table(root / "folder_train" / "spk2utt"))
+        test = set(read_table(root / "folder_test" / "spk2utt"))
+        assert len(test) == 2 and not train & test and len(train | test) == 6
+        tested += sorted(test)
+    assert sorted(tested) == sorted(read_table(tmp_path / "fold1" / "folder_train" / "spk2utt")
+                                    | read_table(tmp_path / "fold1" / "folder_test" / "spk2utt"))
+    with pytest.raises(DataError, match="not both"):
+        prepare_folder(corpus, tmp_path / "x", audio_opts=QUIET, test_fold="1/3",
+                       test_speakers=str(tmp_path / "none"))
 
 
 def test_folder_test_dir_and_speaker_list(tmp_path):

@@ -1,9 +1,13 @@
 """The shell side of the recipe: option parsing, --help, the job launcher."""
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,6 +100,8 @@ def test_stage0_wrappers_pass_run_sh_options_to_prepare_data():
     assert cmd == ("[-m][pysv.bin.prepare_data][folder][--corpus-dir][/c d][--name][toy][--test-corpus-dir][/t]"
                    "[--test-fraction][0.2][--nontarget-ratio][1.0][--on-rate-mismatch][resample]"
                    "[--min-utt-duration][0.5][--no-progress][--check-audio][--data-root][d]")
+    cmd = _prepare_command("local/prepare_folder.sh", "--test-fold", "2/5", "/corpus", "out")
+    assert cmd.endswith("[folder][--corpus-dir][/corpus][--test-fold][2/5][--check-audio][--data-root][out]")
     cmd = _prepare_command("local/prepare_folder.sh", "--nj", "1", "/corpus", "out")  # Kaldi style: positionals
     assert cmd.endswith("[folder][--corpus-dir][/corpus][--nj][1][--check-audio][--data-root][out]")
     # run.sh passes --vox1-dir "$vox1_dir" and --trials-dir "$vox_trials_dir" even when they are empty
@@ -192,3 +198,45 @@ def test_run_sh_refuses_a_system_that_augments_without_the_sets(tmp_path):
     assert r.returncode == 1
     assert "system small_data_cpu trains with the augmentation set data/manifests/musan_recordings.jsonl.gz" in r.stderr
     assert "pass --musan-dir DIR" in r.stderr and "stage 0" not in r.stdout
+
+
+def test_so762_folds_pools_the_folds_scores_and_compares(tmp_path):
+    """local/so762_folds.sh --compare-only: the test trials of the folds whose rows all have scores are
+    pooled, per back-end (cosine; dev = each fold's calibration choice), and compared over speakers."""
+    for script in ("local/so762_folds.sh", "utils/parse_options.sh"):
+        (tmp_path / script).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / script, tmp_path / script)
+    rng = np.random.default_rng(0)
+    systems = {"vt": "thin_resnet34_angleproto_vt", "small": "small_data_cpu"}
+    for k, dev in ((1, {"vt": "asnorm", "small": "plda"}), (2, {"vt": "cosine", "small": "plda"})):
+        test = tmp_path / "data" / f"so762_f{k}of3_test"
+        test.mkdir(parents=True)
+        utts = [f"f{k}s{s}-u{u}" for s in range(3) for u in range(2)]
+        (test / "utt2spk").write_text("".join(f"{u} {u.split('-')[0]}\n" for u in utts))
+        trials = [(a, b, "target" if a.split("-")[0] == b.split("-")[0] else "nontarget")
+                  for i, a in enumerate(utts) for b in utts[i + 1:]]
+        (test / "trials").write_text("".join(" ".join(t) + "\n" for t in trials))
+        for row, sys in systems.items():
+            d = tmp_path / "exp_so762_folds" / f"f{k}" / row / sys
+            (d / "scores").mkdir(parents=True)
+            (d / "calibration.json").write_text(json.dumps({"backend": dev[row]}))
+            for b in {"cosine", dev[row]}:
+                sep = 2.0 if row == "small" else 0.5
+                (d / "scores" / f"so762_f{k}of3_test_{b}").write_text("".join(
+                    f"{a} {b_} {rng.normal() + sep * (lab == 'target'):.4f}\n" for a, b_, lab in trials))
+    # fold 3 has no scores: it is left out of the pool
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run(["bash", "local/so762_folds.sh", "--folds", "3", "--compare-only", "--resamples", "50"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "pooled cosine: folds 1 2 of 3" in r.stdout and "pooled dev: folds 1 2 of 3" in r.stdout
+    assert "fold 1, vt: asnorm" in r.stdout and "fold 2, vt: cosine" in r.stdout
+    pool = tmp_path / "exp_so762_folds" / "pooled"
+    assert (pool / "trials_dev").read_text() == "".join(
+        (tmp_path / "data" / f"so762_f{k}of3_test" / "trials").read_text() for k in (1, 2))
+    res = json.loads((pool / "compare_dev.json").read_text())
+    assert res["num_speakers"] == 6 and set(res["systems"]) == {"vt", "small"}
+    assert [d["system"] for d in res["differences"]] == ["small"]
+    r = subprocess.run(["bash", "local/so762_folds.sh", "--compare-only", "nosuchrow"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode != 0 and "row 'nosuchrow'" in r.stderr

@@ -148,8 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(<corpus-dir>/<speaker>/<utt>.wav|.flac; deeper nesting such as "
                                    "<speaker>/<session>/<utt>.wav is allowed and joined with '-'). Utterance "
                                    "ids are <speaker>-<file stem>, or the stem when it already starts with "
-                                   "'<speaker>-'. The test speakers are a separate directory, a list, or a "
-                                   "seeded fraction; train and test speakers are always disjoint.",
+                                   "'<speaker>-'. The test speakers are a separate directory, a list, one of "
+                                   "N seeded folds, or a seeded fraction; train and test speakers are always "
+                                   "disjoint.",
                        epilog=OUTPUTS)
     g = p.add_argument_group("folder corpus")
     g.add_argument("--corpus-dir", required=True, help="directory of <speaker>/<utterance>.{wav,flac}")
@@ -159,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="separate test directory of the same layout (then all of --corpus-dir is training)")
     g.add_argument("--test-speakers", default=None,
                    help="file with one test speaker id per line (first field); the others are training")
+    g.add_argument("--test-fold", metavar="K/N", default=None,
+                   help="test on fold K of N disjoint seeded folds of the speakers (the same --seed gives the "
+                        "same folds; K = 1..N in turn tests every speaker once: k-fold cross-validation)")
     g.add_argument("--test-fraction", type=float, default=0.2,
                    help="fraction of speakers drawn (seeded) as test speakers when neither of the above is "
                         "given (default: 0.2; at least 2 speakers; 0 = no test set)")
@@ -289,7 +293,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         elif args.corpus == "folder":
             prepare_folder(args.corpus_dir, args.data_root, args.name, args.test_corpus_dir, args.test_speakers,
                            args.test_fraction, TrialOptions(args.seed, args.max_target_trials, args.nontarget_ratio),
-                           audio, force=args.force)
+                           audio, force=args.force, test_fold=args.test_fold)
         elif args.corpus == "voxceleb":
             prepare_voxceleb(args.data_root, args.vox1_dir, args.vox2_dir, args.train_corpora,
                              {"O": args.vox1_o, "E": args.vox1_e, "H": args.vox1_h}, args.trials_dir,

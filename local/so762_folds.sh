@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Speaker cross-validation of ablation rows on ../shared/data/so762_dev (speechocean762, 125
+# speakers): the speakers are cut into N disjoint seeded folds (run.sh --test-fold K/N); for each
+# fold K the rows of local/so762_ablation.sh (default: vt and small) are trained on the other folds'
+# speakers (their own 10 validation speakers held out) and tested on fold K's. Every speaker is
+# then a test speaker once: 125 test speakers instead of the single split's 25, so a gap between
+# two recipes is measured with a much narrower interval. The last step pools the test trials of the
+# folds done so far and compares the rows with a paired speaker bootstrap (pysv.bin.compare), per
+# back-end: cosine, and "dev" = each fold's system scored with the back-end its own calibration
+# picked on the development trials of its validation speakers (never the test speakers).
+#
+#   local/so762_folds.sh [--folds 5] [--fold "1 2 3 4 5"] [--minutes 40] [--exp-root exp_so762_folds]
+#                        [--compare-only] [ROW ...]                               (default rows: vt small)
+#
+# Each fold costs stages 0-1 (a few minutes) plus one training budget per row (--minutes for the
+# ablation rows; the small row keeps its config's train.max_minutes, 40) and its extraction and
+# scoring: about 45 minutes per row and fold on the 2 CPU cores of this machine, run alone.
+# --fold runs a subset (e.g. one fold per session); --compare-only pools what is there.
+# Outputs: data/so762_f<K>of<N>_{train,test}, <exp-root>/f<K>/<row>/<system>/..., and
+# <exp-root>/pooled/ (trials, utt2spk, score files and compare_<back-end>.json).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+folds=5
+fold=
+minutes=40
+exp_root=exp_so762_folds
+corpus_dir=../shared/data/so762_dev/wav
+noise_dir=../shared/data/noise
+rir_dir=../shared/data/rir
+seed=0                    # seed of the folds (and of the trial sampling)
+resamples=1000
+aim="40 50"
+compare_only=false
+. ./utils/parse_options.sh
+
+rows=${*:-vt small}
+fold=${fold:-$(seq -s ' ' 1 "$folds")}
+# the system each row trains (local/so762_ablation.sh)
+row_system() {
+  case $1 in
+    vt) echo thin_resnet34_angleproto_vt ;;
+    small) echo small_data_cpu ;;
+    mean|none|mean_aug|mean_aug_sp) echo thin_resnet34_angleproto ;;
+    aam_aug|aam_aug_spnew) echo thin_resnet34_aamsoftmax ;;
+    mmpb_aug) echo thin_resnet34_mmp_balance ;;
+    *) echo "$0: row '$1' has no fold comparison (rows: vt small mean none mean_aug mean_aug_sp aam_aug" \
+            "aam_aug_spnew mmpb_aug)" >&2; exit 1 ;;
+  esac
+}
+for r in $rows; do row_system "$r" >/dev/null; done
+
+if [[ $compare_only != true ]]; then
+  for k in $fold; do
+    name=so762_f${k}of$folds
+    echo "=== fold $k/$folds: $name"
+    ./run.sh --corpus folder --corpus-dir "$corpus_dir" --name "$name" --test-fold "$k/$folds" \
+      --musan-dir "$noise_dir" --rirs-dir "$rir_dir" --stage 0 --stop-stage 1
+    # shellcheck disable=SC2086
+    local/so762_ablation.sh --name "$name" --minutes "$minutes" --exp-root "$exp_root/f$k" \
+      --corpus-dir "$corpus_dir" --noise-dir "$noise_dir" --rir-dir "$rir_dir" $rows
+  done
+fi
+
+# pool the folds whose every row has its scores
+pool=$exp_root/pooled
+mkdir -p "$pool"
+for backend in cosine dev; do
+  done_folds=()
+  for k in $(seq 1 "$folds"); do
+    name=so762_f${k}of$folds
+    ok=true
+    for r in $rows; do
+      sys=$(row_system "$r")
+      b=$backend
+      if [[ $b == dev ]]; then
+        b=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['backend'])" \
+              "$exp_root/f$k/$r/$sys/calibration.json" 2>/dev/null) || { ok=false; continue; }
+      fi
+      [[ -f $exp_root/f$k/$r/$sys/scores/${name}_test_$b ]] || ok=false
+    done
+    [[ $ok == true ]] && done_folds+=("$k")
+  done
+  if [[ ${#done_folds[@]} -eq 0 ]]; then
+    echo "$0: no fold has $backend scores of every row ($rows) under $exp_root yet"; continue
+  fi
+  echo "=== pooled $backend: folds ${done_folds[*]} of $folds"
+  : > "$pool/trials.tmp"; : > "$pool/utt2spk.tmp"
+  for k in "${done_folds[@]}"; do
+    cat "data/so762_f${k}of${folds}_test/trials" >> "$pool/trials.tmp"
+    cat "data/so762_f${k}of${folds}_test/utt2spk" >> "$pool/utt2spk.tmp"
+  done
+  mv "$pool/trials.tmp" "$pool/trials_$backend"; mv "$pool/utt2spk.tmp" "$pool/utt2spk_$backend"
+  score_args=()
+  for r in $rows; do
+    sys=$(row_system "$r")
+    : > "$pool/${r}_$backend.tmp"
+    for k in "${done_folds[@]}"; do
+      b=$backend
+      [[ $b == dev ]] && b=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['backend'])" \
+                               "$exp_root/f$k/$r/$sys/calibration.json")
+      echo "  fold $k, $r: $b"
+      cat "$exp_root/f$k/$r/$sys/scores/so762_f${k}of${folds}_test_$b" >> "$pool/${r}_$backend.tmp"
+    done
+    mv "$pool/${r}_$backend.tmp" "$pool/${r}_$backend"
+    score_args+=("$r=$pool/${r}_$backend")
+  done
+  # shellcheck disable=SC2086
+  python -m pysv.bin.compare --trials "$pool/trials_$backend" --utt2spk "$pool/utt2spk_$backend" \
+    --resamples "$resamples" --aim $aim --json "$pool/compare_$backend.json" --scores "${score_args[@]}"
+done
