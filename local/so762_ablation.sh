@@ -27,6 +27,7 @@ rir_dir=../shared/data/rir
 backends="cosine cosine_mean plda asnorm"
 seed=
 name=so762
+print_systems=false       # true: print "ROW-DIR SYSTEM" for each row (its <exp-root>/ROW-DIR/SYSTEM) and run nothing
 . ./utils/parse_options.sh
 
 all_rows="vt mean small none mean_aug mean_aug_sp aam_aug aam_aug_spnew mmpb_aug aam_aug_lmft"
@@ -39,6 +40,7 @@ budget="train.epochs=1000 train.max_minutes=$minutes"
 row() {
   local name=$1 sys=$2 opts=$3
   shift 3
+  if [[ $print_systems == true ]]; then echo "$name $sys"; return; fi
   echo "=== row $name: $sys ($opts $*)"
   [[ -n $seed ]] && opts="$opts seed=$seed"
   ${RUN_SH:-./run.sh} "${corpus[@]}" --stage 2 --exp "$exp_root/$name" --systems "$sys" --backends "$backends" \
@@ -67,4 +69,4 @@ for r in $rows; do
     *) echo "$0: unknown row '$r' (rows: $all_rows)" >&2; exit 1 ;;
   esac
 done
-python -m pysv.bin.results_table --exp-root "$exp_root" 2>/dev/null || true
+[[ $print_systems == true ]] || python -m pysv.bin.results_table --exp-root "$exp_root" 2>/dev/null || true

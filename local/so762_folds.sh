@@ -36,23 +36,27 @@ compare_only=false
 
 rows=${*:-vt small}
 fold=${fold:-$(seq -s ' ' 1 "$folds")}
-# the system each row trains (local/so762_ablation.sh)
-row_system() {
-  case $1 in
-    vt) echo thin_resnet34_angleproto_vt ;;
-    small) echo small_data_cpu ;;
-    mean|none|mean_aug|mean_aug_sp) echo thin_resnet34_angleproto ;;
-    aam_aug|aam_aug_spnew) echo thin_resnet34_aamsoftmax ;;
-    mmpb_aug) echo thin_resnet34_mmp_balance ;;
-    *) echo "$0: row '$1' has no fold comparison (rows: vt small mean none mean_aug mean_aug_sp aam_aug" \
-            "aam_aug_spnew mmpb_aug)" >&2; exit 1 ;;
-  esac
+# the directory and system of each row, as local/so762_ablation.sh runs it (an unknown row stops here)
+# shellcheck disable=SC2086
+mapping=$(local/so762_ablation.sh --print-systems true $rows)
+declare -A row_sys=()
+row_dirs=()
+while read -r dir sys; do row_sys[$dir]=$sys; row_dirs+=("$dir"); done <<< "$mapping"
+fold_name() { echo "so762_f${1}of$folds"; }
+# the score file of row directory $2 on fold $1 for back-end $3 (dev: the one its calibration picked);
+# fails when the calibration is not there yet
+score_file() {
+  local d=$exp_root/f$1/$2/${row_sys[$2]} b=$3
+  if [[ $b == dev ]]; then
+    b=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['backend'])" "$d/calibration.json" \
+          2>/dev/null) || return 1
+  fi
+  echo "$d/scores/$(fold_name "$1")_test_$b"
 }
-for r in $rows; do row_system "$r" >/dev/null; done
 
 if [[ $compare_only != true ]]; then
   for k in $fold; do
-    name=so762_f${k}of$folds
+    name=$(fold_name "$k")
     echo "=== fold $k/$folds: $name"
     ./run.sh --corpus folder --corpus-dir "$corpus_dir" --name "$name" --test-fold "$k/$folds" \
       --musan-dir "$noise_dir" --rirs-dir "$rir_dir" --stage 0 --stop-stage 1
@@ -68,16 +72,9 @@ mkdir -p "$pool"
 for backend in cosine dev; do
   done_folds=()
   for k in $(seq 1 "$folds"); do
-    name=so762_f${k}of$folds
     ok=true
-    for r in $rows; do
-      sys=$(row_system "$r")
-      b=$backend
-      if [[ $b == dev ]]; then
-        b=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['backend'])" \
-              "$exp_root/f$k/$r/$sys/calibration.json" 2>/dev/null) || { ok=false; continue; }
-      fi
-      [[ -f $exp_root/f$k/$r/$sys/scores/${name}_test_$b ]] || ok=false
+    for r in "${row_dirs[@]}"; do
+      f=$(score_file "$k" "$r" "$backend") && [[ -f $f ]] || ok=false
     done
     [[ $ok == true ]] && done_folds+=("$k")
   done
@@ -85,22 +82,16 @@ for backend in cosine dev; do
     echo "$0: no fold has $backend scores of every row ($rows) under $exp_root yet"; continue
   fi
   echo "=== pooled $backend: folds ${done_folds[*]} of $folds"
-  : > "$pool/trials.tmp"; : > "$pool/utt2spk.tmp"
-  for k in "${done_folds[@]}"; do
-    cat "data/so762_f${k}of${folds}_test/trials" >> "$pool/trials.tmp"
-    cat "data/so762_f${k}of${folds}_test/utt2spk" >> "$pool/utt2spk.tmp"
-  done
+  for k in "${done_folds[@]}"; do cat "data/$(fold_name "$k")_test/trials"; done > "$pool/trials.tmp"
+  for k in "${done_folds[@]}"; do cat "data/$(fold_name "$k")_test/utt2spk"; done > "$pool/utt2spk.tmp"
   mv "$pool/trials.tmp" "$pool/trials_$backend"; mv "$pool/utt2spk.tmp" "$pool/utt2spk_$backend"
   score_args=()
-  for r in $rows; do
-    sys=$(row_system "$r")
+  for r in "${row_dirs[@]}"; do
     : > "$pool/${r}_$backend.tmp"
     for k in "${done_folds[@]}"; do
-      b=$backend
-      [[ $b == dev ]] && b=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['backend'])" \
-                               "$exp_root/f$k/$r/$sys/calibration.json")
-      echo "  fold $k, $r: $b"
-      cat "$exp_root/f$k/$r/$sys/scores/so762_f${k}of${folds}_test_$b" >> "$pool/${r}_$backend.tmp"
+      f=$(score_file "$k" "$r" "$backend")
+      echo "  fold $k, $r: ${f##*_test_}"
+      cat "$f" >> "$pool/${r}_$backend.tmp"
     done
     mv "$pool/${r}_$backend.tmp" "$pool/${r}_$backend"
     score_args+=("$r=$pool/${r}_$backend")

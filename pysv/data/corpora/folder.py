@@ -85,10 +85,9 @@ def split_speakers(speakers: Sequence[str], test_fraction: float, seed: int,
                    test_speakers_file: Optional[str] = None,
                    test_fold: Optional[str] = None) -> Tuple[List[str], List[str]]:
     """Speaker-disjoint split: the listed speakers, fold K of N (``test_fold="K/N"``,
-    :func:`speaker_folds`), or a seeded choice of ``test_fraction`` of them."""
+    :func:`speaker_folds`), or a seeded choice of ``test_fraction`` of them (the first given of these;
+    :func:`prepare_folder` refuses a list and a fold together)."""
     speakers = sorted(speakers)
-    if test_speakers_file and test_fold:
-        raise DataError("give either --test-speakers or --test-fold, not both")
     if test_speakers_file:
         listed = read_speaker_list(test_speakers_file)
         missing = [s for s in listed if s not in set(speakers)]
