@@ -7,7 +7,10 @@
 # two recipes is measured with a much narrower interval. The last step pools the test trials of the
 # folds done so far and compares the rows with a paired speaker bootstrap (pysv.bin.compare), per
 # back-end: cosine, and "dev" = each fold's system scored with the back-end its own calibration
-# picked on the development trials of its validation speakers (never the test speakers).
+# picked on the development trials of its validation speakers (never the test speakers). The dev
+# scores are pooled as that calibration's log-likelihood ratios: folds may pick different back-ends
+# (cosine in [-1, 1], PLDA LLRs in the tens), and raw scores of different scales pooled under one
+# threshold give a meaningless EER.
 #
 #   local/so762_folds.sh [--folds 5] [--fold "1 2 3 4 5"] [--minutes 40] [--exp-root exp_so762_folds]
 #                        [--compare-only] [ROW ...]                               (default rows: vt small)
@@ -45,13 +48,30 @@ while read -r dir sys; do row_sys[$dir]=$sys; row_dirs+=("$dir"); done <<< "$map
 fold_name() { echo "so762_f${1}of$folds"; }
 # the score file of row directory $2 on fold $1 for back-end $3 (dev: the one its calibration picked);
 # fails when the calibration is not there yet
+system_dir() { echo "$exp_root/f$1/$2/${row_sys[$2]}"; }
 score_file() {
-  local d=$exp_root/f$1/$2/${row_sys[$2]} b=$3
+  local d b=$3
+  d=$(system_dir "$1" "$2")
   if [[ $b == dev ]]; then
     b=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['backend'])" "$d/calibration.json" \
           2>/dev/null) || return 1
   fi
   echo "$d/scores/$(fold_name "$1")_test_$b"
+}
+# the scores of row $2 on fold $1 for back-end $3, to pool: dev scores as calibrated LLRs
+pooled_scores() {
+  local f
+  f=$(score_file "$1" "$2" "$3")
+  if [[ $3 == dev ]]; then
+    python -c "import sys
+from pysv.calibration import Calibration
+from pysv.utils.io import read_scores
+cal = Calibration.load(sys.argv[1])
+sys.stdout.writelines(f'{a} {b} {float(cal.llr(s))!r}\n' for a, b, s in read_scores(sys.argv[2]))" \
+      "$(system_dir "$1" "$2")/calibration.json" "$f"
+  else
+    cat "$f"
+  fi
 }
 
 if [[ $compare_only != true ]]; then
@@ -90,8 +110,8 @@ for backend in cosine dev; do
     : > "$pool/${r}_$backend.tmp"
     for k in "${done_folds[@]}"; do
       f=$(score_file "$k" "$r" "$backend")
-      echo "  fold $k, $r: ${f##*_test_}"
-      cat "$f" >> "$pool/${r}_$backend.tmp"
+      echo "  fold $k, $r: ${f##*_test_}$([[ $backend == dev ]] && echo ' (calibrated LLR)')"
+      pooled_scores "$k" "$r" "$backend" >> "$pool/${r}_$backend.tmp"
     done
     mv "$pool/${r}_$backend.tmp" "$pool/${r}_$backend"
     score_args+=("$r=$pool/${r}_$backend")

@@ -219,11 +219,16 @@ def test_so762_folds_pools_the_folds_scores_and_compares(tmp_path):
         for row, sys in systems.items():
             d = tmp_path / "exp_so762_folds" / f"f{k}" / row / sys
             (d / "scores").mkdir(parents=True)
-            (d / "calibration.json").write_text(json.dumps({"backend": dev[row]}))
+            # the dev back-ends' raw scores differ in scale (PLDA ×50); each calibration maps them back
+            scale = 50.0 if dev[row] == "plda" else 1.0
+            (d / "calibration.json").write_text(json.dumps({
+                "backend": dev[row], "a": 1 / scale, "b": 0.5, "prior": 0.5, "threshold": 0.0,
+                "threshold_rule": "eer", "dev_trials": "x", "dev_cllr": 0.1, "dev_min_cllr": 0.1, "dev_eer": 1.0}))
             for b in {"cosine", dev[row]}:
                 sep = 2.0 if row == "small" else 0.5
                 (d / "scores" / f"so762_f{k}of3_test_{b}").write_text("".join(
-                    f"{a} {b_} {rng.normal() + sep * (lab == 'target'):.4f}\n" for a, b_, lab in trials))
+                    f"{a} {b_} {(scale if b != 'cosine' else 1) * (rng.normal() + sep * (lab == 'target')):.4f}\n"
+                    for a, b_, lab in trials))
     # fold 3 has no scores: it is left out of the pool
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     r = subprocess.run(["bash", "local/so762_folds.sh", "--folds", "3", "--compare-only", "--resamples", "50"],
@@ -234,6 +239,16 @@ def test_so762_folds_pools_the_folds_scores_and_compares(tmp_path):
     pool = tmp_path / "exp_so762_folds" / "pooled"
     assert (pool / "trials_dev").read_text() == "".join(
         (tmp_path / "data" / f"so762_f{k}of3_test" / "trials").read_text() for k in (1, 2))
+    # dev scores are pooled as each fold's calibrated LLRs (a * score + b), cosine scores as they are
+    raw = [ln.split() for k in (1, 2) for ln in (tmp_path / "exp_so762_folds" / f"f{k}" / "small" / "small_data_cpu"
+                                                  / "scores" / f"so762_f{k}of3_test_plda").read_text().splitlines()]
+    pooled = [ln.split() for ln in (pool / "small_dev").read_text().splitlines()]
+    assert [p[:2] for p in pooled] == [r[:2] for r in raw]
+    assert np.allclose([float(p[2]) for p in pooled], [float(r[2]) / 50 + 0.5 for r in raw])
+    assert (pool / "vt_cosine").read_text() == "".join(
+        (tmp_path / "exp_so762_folds" / f"f{k}" / "vt" / "thin_resnet34_angleproto_vt" / "scores"
+         / f"so762_f{k}of3_test_cosine").read_text() for k in (1, 2))
+    assert "fold 1, small: plda (calibrated LLR)" in r.stdout
     res = json.loads((pool / "compare_dev.json").read_text())
     assert res["num_speakers"] == 6 and set(res["systems"]) == {"vt", "small"}
     assert [d["system"] for d in res["differences"]] == ["small"]
