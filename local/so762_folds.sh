@@ -46,9 +46,9 @@ declare -A row_sys=()
 row_dirs=()
 while read -r dir sys; do row_sys[$dir]=$sys; row_dirs+=("$dir"); done <<< "$mapping"
 fold_name() { echo "so762_f${1}of$folds"; }
+system_dir() { echo "$exp_root/f$1/$2/${row_sys[$2]}"; }
 # the score file of row directory $2 on fold $1 for back-end $3 (dev: the one its calibration picked);
 # fails when the calibration is not there yet
-system_dir() { echo "$exp_root/f$1/$2/${row_sys[$2]}"; }
 score_file() {
   local d b=$3
   d=$(system_dir "$1" "$2")
@@ -58,19 +58,17 @@ score_file() {
   fi
   echo "$d/scores/$(fold_name "$1")_test_$b"
 }
-# the scores of row $2 on fold $1 for back-end $3, to pool: dev scores as calibrated LLRs
+# score file $1 (row directory $3 on fold $2, back-end $4) as it is pooled: dev scores as calibrated LLRs
 pooled_scores() {
-  local f
-  f=$(score_file "$1" "$2" "$3")
-  if [[ $3 == dev ]]; then
+  if [[ $4 == dev ]]; then
     python -c "import sys
 from pysv.calibration import Calibration
 from pysv.utils.io import read_scores
 cal = Calibration.load(sys.argv[1])
 sys.stdout.writelines(f'{a} {b} {float(cal.llr(s))!r}\n' for a, b, s in read_scores(sys.argv[2]))" \
-      "$(system_dir "$1" "$2")/calibration.json" "$f"
+      "$(system_dir "$2" "$3")/calibration.json" "$1"
   else
-    cat "$f"
+    cat "$1"
   fi
 }
 
@@ -111,7 +109,7 @@ for backend in cosine dev; do
     for k in "${done_folds[@]}"; do
       f=$(score_file "$k" "$r" "$backend")
       echo "  fold $k, $r: ${f##*_test_}$([[ $backend == dev ]] && echo ' (calibrated LLR)')"
-      pooled_scores "$k" "$r" "$backend" >> "$pool/${r}_$backend.tmp"
+      pooled_scores "$f" "$k" "$r" "$backend" >> "$pool/${r}_$backend.tmp"
     done
     mv "$pool/${r}_$backend.tmp" "$pool/${r}_$backend"
     score_args+=("$r=$pool/${r}_$backend")
