@@ -13,14 +13,19 @@
 # threshold give a meaningless EER.
 #
 #   local/so762_folds.sh [--folds 5] [--fold "1 2 3 4 5"] [--minutes 40] [--exp-root exp_so762_folds]
-#                        [--compare-only] [ROW ...]                               (default rows: vt small)
+#                        [--compare-only] [--archive DIR] [ROW ...]               (default rows: vt small)
 #
 # Each fold costs stages 0-1 (a few minutes) plus one training budget per row (--minutes for the
 # ablation rows; the small row keeps its config's train.max_minutes, 40) and its extraction and
 # scoring: about 45 minutes per row and fold on the 2 CPU cores of this machine, run alone.
 # --fold runs a subset (e.g. one fold per session); --compare-only pools what is there.
-# Outputs: data/so762_f<K>of<N>_{train,test}, <exp-root>/f<K>/<row>/<system>/..., and
-# <exp-root>/pooled/ (trials, utt2spk, score files and compare_<back-end>.json).
+# --archive DIR copies what the pooling reads of every complete fold (its test trials and utt2spk,
+# each row's calibration.json and its cosine and development-chosen test scores; no models) into DIR
+# in the same layout, so that folds run on different machines or sessions can be pooled later:
+# local/so762_folds.sh --compare-only --exp-root DIR (results/so762_folds holds the folds run so far).
+# Outputs: data/so762_f<K>of<N>_{train,test}, <exp-root>/f<K>/<row>/<system>/..., the fold's test
+# trials and utt2spk as <exp-root>/f<K>/test_{trials,utt2spk}, and <exp-root>/pooled/ (trials,
+# utt2spk, score files and compare_<back-end>.json).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -35,6 +40,7 @@ seed=0                    # seed of the folds (and of the trial sampling)
 resamples=1000
 aim="40 50"
 compare_only=false
+archive=
 . ./utils/parse_options.sh
 
 rows=${*:-vt small}
@@ -81,6 +87,10 @@ if [[ $compare_only != true ]]; then
     # shellcheck disable=SC2086
     local/so762_ablation.sh --name "$name" --minutes "$minutes" --exp-root "$exp_root/f$k" \
       --corpus-dir "$corpus_dir" --noise-dir "$noise_dir" --rir-dir "$rir_dir" $rows
+    # the fold's test trials travel with its scores (the pooling below reads them from here)
+    for f in trials utt2spk; do
+      cp "data/${name}_test/$f" "$exp_root/f$k/test_$f.tmp" && mv "$exp_root/f$k/test_$f.tmp" "$exp_root/f$k/test_$f"
+    done
   done
 fi
 
@@ -94,15 +104,30 @@ for backend in cosine dev; do
     for r in "${row_dirs[@]}"; do
       f=$(score_file "$k" "$r" "$backend") && [[ -f $f ]] || ok=false
     done
+    [[ -f $exp_root/f$k/test_trials && -f $exp_root/f$k/test_utt2spk ]] || ok=false
     [[ $ok == true ]] && done_folds+=("$k")
   done
   if [[ ${#done_folds[@]} -eq 0 ]]; then
     echo "$0: no fold has $backend scores of every row ($rows) under $exp_root yet"; continue
   fi
   echo "=== pooled $backend: folds ${done_folds[*]} of $folds"
-  for k in "${done_folds[@]}"; do cat "data/$(fold_name "$k")_test/trials"; done > "$pool/trials.tmp"
-  for k in "${done_folds[@]}"; do cat "data/$(fold_name "$k")_test/utt2spk"; done > "$pool/utt2spk.tmp"
+  for k in "${done_folds[@]}"; do cat "$exp_root/f$k/test_trials"; done > "$pool/trials.tmp"
+  for k in "${done_folds[@]}"; do cat "$exp_root/f$k/test_utt2spk"; done > "$pool/utt2spk.tmp"
   mv "$pool/trials.tmp" "$pool/trials_$backend"; mv "$pool/utt2spk.tmp" "$pool/utt2spk_$backend"
+  if [[ -n $archive ]]; then
+    for k in "${done_folds[@]}"; do
+      mkdir -p "$archive/f$k"
+      cp "$exp_root/f$k/test_trials" "$exp_root/f$k/test_utt2spk" "$archive/f$k/"
+      for r in "${row_dirs[@]}"; do
+        f=$(score_file "$k" "$r" "$backend")
+        a=$archive/f$k/$r/${row_sys[$r]}
+        mkdir -p "$a/scores"
+        cp "$f" "$a/scores/${f##*/}.tmp" && mv "$a/scores/${f##*/}.tmp" "$a/scores/${f##*/}"
+        cp "$(system_dir "$k" "$r")/calibration.json" "$a/calibration.json"
+      done
+    done
+    echo "  archived folds ${done_folds[*]} ($backend) in $archive"
+  fi
   score_args=()
   for r in "${row_dirs[@]}"; do
     : > "$pool/${r}_$backend.tmp"

@@ -208,14 +208,15 @@ def test_so762_folds_pools_the_folds_scores_and_compares(tmp_path):
         shutil.copy(REPO / script, tmp_path / script)
     rng = np.random.default_rng(0)
     systems = {"vt": "thin_resnet34_angleproto_vt", "small": "small_data_cpu"}
-    for k, dev in ((1, {"vt": "asnorm", "small": "plda"}), (2, {"vt": "cosine", "small": "plda"})):
-        test = tmp_path / "data" / f"so762_f{k}of3_test"
-        test.mkdir(parents=True)
+    devs = {1: {"vt": "asnorm", "small": "plda"}, 2: {"vt": "cosine", "small": "plda"}}  # each fold's choice
+    for k, dev in devs.items():
+        fold = tmp_path / "exp_so762_folds" / f"f{k}"  # a fold's run leaves its test trials here
+        fold.mkdir(parents=True)
         utts = [f"f{k}s{s}-u{u}" for s in range(3) for u in range(2)]
-        (test / "utt2spk").write_text("".join(f"{u} {u.split('-')[0]}\n" for u in utts))
+        (fold / "test_utt2spk").write_text("".join(f"{u} {u.split('-')[0]}\n" for u in utts))
         trials = [(a, b, "target" if a.split("-")[0] == b.split("-")[0] else "nontarget")
                   for i, a in enumerate(utts) for b in utts[i + 1:]]
-        (test / "trials").write_text("".join(" ".join(t) + "\n" for t in trials))
+        (fold / "test_trials").write_text("".join(" ".join(t) + "\n" for t in trials))
         for row, sys in systems.items():
             d = tmp_path / "exp_so762_folds" / f"f{k}" / row / sys
             (d / "scores").mkdir(parents=True)
@@ -231,14 +232,15 @@ def test_so762_folds_pools_the_folds_scores_and_compares(tmp_path):
                     for a, b_, lab in trials))
     # fold 3 has no scores: it is left out of the pool
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    r = subprocess.run(["bash", "local/so762_folds.sh", "--folds", "3", "--compare-only", "--resamples", "50"],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    r = subprocess.run(["bash", "local/so762_folds.sh", "--folds", "3", "--compare-only", "--resamples", "50",
+                        "--archive", "archive"], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr
+    assert "archived folds 1 2 (dev) in archive" in r.stdout
     assert "pooled cosine: folds 1 2 of 3" in r.stdout and "pooled dev: folds 1 2 of 3" in r.stdout
     assert "fold 1, vt: asnorm" in r.stdout and "fold 2, vt: cosine" in r.stdout
     pool = tmp_path / "exp_so762_folds" / "pooled"
     assert (pool / "trials_dev").read_text() == "".join(
-        (tmp_path / "data" / f"so762_f{k}of3_test" / "trials").read_text() for k in (1, 2))
+        (tmp_path / "exp_so762_folds" / f"f{k}" / "test_trials").read_text() for k in (1, 2))
     # dev scores are pooled as each fold's calibrated LLRs (a * score + b), cosine scores as they are
     raw = [ln.split() for k in (1, 2) for ln in (tmp_path / "exp_so762_folds" / f"f{k}" / "small" / "small_data_cpu"
                                                   / "scores" / f"so762_f{k}of3_test_plda").read_text().splitlines()]
@@ -252,6 +254,18 @@ def test_so762_folds_pools_the_folds_scores_and_compares(tmp_path):
     res = json.loads((pool / "compare_dev.json").read_text())
     assert res["num_speakers"] == 6 and set(res["systems"]) == {"vt", "small"}
     assert [d["system"] for d in res["differences"]] == ["small"]
+    # the archive holds only what the pooling reads, and pools to the same comparison
+    arch = tmp_path / "archive"
+    assert sorted(str(p.relative_to(arch)) for p in arch.rglob("*") if p.is_file()) == sorted(
+        [f"f{k}/test_{f}" for k in (1, 2) for f in ("trials", "utt2spk")]
+        + [f"f{k}/{row}/{sys}/calibration.json" for k in (1, 2) for row, sys in systems.items()]
+        + [f"f{k}/{row}/{sys}/scores/so762_f{k}of3_test_{b}" for k, dev in devs.items()
+           for row, sys in systems.items() for b in {"cosine", dev[row]}])
+    r = subprocess.run(["bash", "local/so762_folds.sh", "--folds", "3", "--compare-only", "--resamples", "50",
+                        "--exp-root", "archive"], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    for b in ("cosine", "dev"):
+        assert (arch / "pooled" / f"compare_{b}.json").read_text() == (pool / f"compare_{b}.json").read_text()
     r = subprocess.run(["bash", "local/so762_folds.sh", "--compare-only", "nosuchrow"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode != 0 and "row 'nosuchrow'" in r.stderr
