@@ -142,4 +142,31 @@ for backend in cosine dev; do
   # shellcheck disable=SC2086
   python -m pysv.bin.compare --trials "$pool/trials_$backend" --utt2spk "$pool/utt2spk_$backend" \
     --resamples "$resamples" --aim $aim --json "$pool/compare_$backend.json" --scores "${score_args[@]}"
+  # each fold's own EER per row and their mean over the folds (no calibration needed within a fold);
+  # the relative difference of the means is against the first row, as compare's
+  fold_args=()
+  for k in "${done_folds[@]}"; do
+    for r in "${row_dirs[@]}"; do
+      fold_args+=("$k" "$r" "$exp_root/f$k/test_trials" "$(score_file "$k" "$r" "$backend")")
+    done
+  done
+  python -c "import json, sys
+import numpy as np
+from pysv.bin.compare import load_aligned
+from pysv.metrics import compute_eer
+from pysv.utils.io import read_trials
+a = sys.argv[2:]
+eer = {}
+for k, r, trials, scores in zip(a[0::4], a[1::4], a[2::4], a[3::4]):
+    t = read_trials(trials)
+    eer.setdefault(r, {})[k] = compute_eer(load_aligned(t, scores), np.array([lab for *_, lab in t]))[0]
+rows = list(eer)
+mean = {r: float(np.mean(list(eer[r].values()))) for r in rows}
+for r in rows:
+    print(f'  per fold {r}: ' + ', '.join(f'fold {k} {e:.2f} %' for k, e in eer[r].items()) + f'; mean {mean[r]:.2f} %')
+for r in rows[1:]:
+    print(f'  mean of the per-fold EERs, {r} vs {rows[0]}: {100 * (1 - mean[r] / mean[rows[0]]):.1f} % lower')
+json.dump({'eer': eer, 'mean': mean}, open(sys.argv[1], 'w'), indent=1)" "$pool/per_fold_$backend.json.tmp" \
+    "${fold_args[@]}"
+  mv "$pool/per_fold_$backend.json.tmp" "$pool/per_fold_$backend.json"
 done

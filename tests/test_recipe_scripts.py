@@ -254,6 +254,18 @@ def test_so762_folds_pools_the_folds_scores_and_compares(tmp_path):
     res = json.loads((pool / "compare_dev.json").read_text())
     assert res["num_speakers"] == 6 and set(res["systems"]) == {"vt", "small"}
     assert [d["system"] for d in res["differences"]] == ["small"]
+    # each fold's own EER per row (raw scores: a calibration does not move a fold's EER) and their mean
+    from pysv.bin.compare import load_aligned
+    from pysv.metrics import compute_eer
+    from pysv.utils.io import read_trials
+    per_fold = json.loads((pool / "per_fold_dev.json").read_text())
+    for k in (1, 2):
+        t = read_trials(tmp_path / "exp_so762_folds" / f"f{k}" / "test_trials")
+        f = tmp_path / "exp_so762_folds" / f"f{k}" / "small" / "small_data_cpu" / "scores" / f"so762_f{k}of3_test_plda"
+        assert per_fold["eer"]["small"][str(k)] == compute_eer(load_aligned(t, f), np.array([x[2] for x in t]))[0]
+    assert np.isclose(per_fold["mean"]["vt"], np.mean(list(per_fold["eer"]["vt"].values())))
+    lower = 100 * (1 - per_fold["mean"]["small"] / per_fold["mean"]["vt"])
+    assert f"mean of the per-fold EERs, small vs vt: {lower:.1f} % lower" in r.stdout
     # the archive holds only what the pooling reads, and pools to the same comparison
     arch = tmp_path / "archive"
     assert sorted(str(p.relative_to(arch)) for p in arch.rglob("*") if p.is_file()) == sorted(
@@ -265,7 +277,8 @@ def test_so762_folds_pools_the_folds_scores_and_compares(tmp_path):
                         "--exp-root", "archive"], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr
     for b in ("cosine", "dev"):
-        assert (arch / "pooled" / f"compare_{b}.json").read_text() == (pool / f"compare_{b}.json").read_text()
+        for out in (f"compare_{b}.json", f"per_fold_{b}.json"):
+            assert (arch / "pooled" / out).read_text() == (pool / out).read_text()
     r = subprocess.run(["bash", "local/so762_folds.sh", "--compare-only", "nosuchrow"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode != 0 and "row 'nosuchrow'" in r.stderr
