@@ -52,6 +52,8 @@ declare -A row_sys=()
 row_dirs=()
 while read -r dir sys; do row_sys[$dir]=$sys; row_dirs+=("$dir"); done <<< "$mapping"
 fold_name() { echo "so762_f${1}of$folds"; }
+# copy file $1 to $2 atomically (a reader never sees a half-written copy)
+atomic_cp() { cp "$1" "$2.tmp" && mv "$2.tmp" "$2"; }
 system_dir() { echo "$exp_root/f$1/$2/${row_sys[$2]}"; }
 # the score file of row directory $2 on fold $1 for back-end $3 (dev: the one its calibration picked);
 # fails when the calibration is not there yet
@@ -88,9 +90,7 @@ if [[ $compare_only != true ]]; then
     local/so762_ablation.sh --name "$name" --minutes "$minutes" --exp-root "$exp_root/f$k" \
       --corpus-dir "$corpus_dir" --noise-dir "$noise_dir" --rir-dir "$rir_dir" $rows
     # the fold's test trials travel with its scores (the pooling below reads them from here)
-    for f in trials utt2spk; do
-      cp "data/${name}_test/$f" "$exp_root/f$k/test_$f.tmp" && mv "$exp_root/f$k/test_$f.tmp" "$exp_root/f$k/test_$f"
-    done
+    for f in trials utt2spk; do atomic_cp "data/${name}_test/$f" "$exp_root/f$k/test_$f"; done
   done
 fi
 
@@ -117,13 +117,14 @@ for backend in cosine dev; do
   if [[ -n $archive ]]; then
     for k in "${done_folds[@]}"; do
       mkdir -p "$archive/f$k"
-      cp "$exp_root/f$k/test_trials" "$exp_root/f$k/test_utt2spk" "$archive/f$k/"
+      for f in test_trials test_utt2spk; do atomic_cp "$exp_root/f$k/$f" "$archive/f$k/$f"; done
       for r in "${row_dirs[@]}"; do
         f=$(score_file "$k" "$r" "$backend")
         a=$archive/f$k/$r/${row_sys[$r]}
         mkdir -p "$a/scores"
-        cp "$f" "$a/scores/${f##*/}.tmp" && mv "$a/scores/${f##*/}.tmp" "$a/scores/${f##*/}"
-        cp "$(system_dir "$k" "$r")/calibration.json" "$a/calibration.json"
+        atomic_cp "$f" "$a/scores/${f##*/}"
+        # the calibration names the dev back-end and maps its scores to LLRs: read by the dev pass only
+        if [[ $backend == dev ]]; then atomic_cp "$(system_dir "$k" "$r")/calibration.json" "$a/calibration.json"; fi
       done
     done
     echo "  archived folds ${done_folds[*]} ($backend) in $archive"
@@ -142,31 +143,12 @@ for backend in cosine dev; do
   # shellcheck disable=SC2086
   python -m pysv.bin.compare --trials "$pool/trials_$backend" --utt2spk "$pool/utt2spk_$backend" \
     --resamples "$resamples" --aim $aim --json "$pool/compare_$backend.json" --scores "${score_args[@]}"
-  # each fold's own EER per row and their mean over the folds (no calibration needed within a fold);
-  # the relative difference of the means is against the first row, as compare's
+  # each fold's own EER per row and their mean over the folds
   fold_args=()
   for k in "${done_folds[@]}"; do
     for r in "${row_dirs[@]}"; do
       fold_args+=("$k" "$r" "$exp_root/f$k/test_trials" "$(score_file "$k" "$r" "$backend")")
     done
   done
-  python -c "import json, sys
-import numpy as np
-from pysv.bin.compare import load_aligned
-from pysv.metrics import compute_eer
-from pysv.utils.io import read_trials
-a = sys.argv[2:]
-eer = {}
-for k, r, trials, scores in zip(a[0::4], a[1::4], a[2::4], a[3::4]):
-    t = read_trials(trials)
-    eer.setdefault(r, {})[k] = compute_eer(load_aligned(t, scores), np.array([lab for *_, lab in t]))[0]
-rows = list(eer)
-mean = {r: float(np.mean(list(eer[r].values()))) for r in rows}
-for r in rows:
-    print(f'  per fold {r}: ' + ', '.join(f'fold {k} {e:.2f} %' for k, e in eer[r].items()) + f'; mean {mean[r]:.2f} %')
-for r in rows[1:]:
-    print(f'  mean of the per-fold EERs, {r} vs {rows[0]}: {100 * (1 - mean[r] / mean[rows[0]]):.1f} % lower')
-json.dump({'eer': eer, 'mean': mean}, open(sys.argv[1], 'w'), indent=1)" "$pool/per_fold_$backend.json.tmp" \
-    "${fold_args[@]}"
-  mv "$pool/per_fold_$backend.json.tmp" "$pool/per_fold_$backend.json"
+  python local/so762_folds_mean.py "$pool/per_fold_$backend.json" "${fold_args[@]}"
 done
