@@ -51,8 +51,9 @@ def naive_cosine(E, ei, ti):
     return out
 
 
-def naive_error_rates(scores, labels):
-    """Kaldi compute_min_dcf.py ComputeErrorRates + ComputeMinDcf as plain Python loops."""
+def kaldi_error_rates(scores, labels):
+    """Kaldi compute_min_dcf.py ComputeErrorRates as a plain Python loop: FNRs and FPRs at every
+    threshold of the sorted scores (ties in input order). The reference for tests/test_metrics.py."""
     idx = sorted(range(len(scores)), key=lambda i: scores[i])
     labs = [labels[i] for i in idx]
     fnrs, fprs = [], []
@@ -61,13 +62,19 @@ def naive_error_rates(scores, labels):
         fprs.append(1 - lab if i == 0 else fprs[-1] + 1 - lab)
     nt = sum(labs)
     nn = len(labs) - nt
-    fnrs = [x / nt for x in fnrs]
-    fprs = [1 - x / nn for x in fprs]
-    res = []
-    for p in (0.01, 0.05):
-        best = min(fr * p + fa * (1 - p) for fr, fa in zip(fnrs, fprs))
-        res.append(best / min(p, 1 - p))
-    return res
+    return [x / nt for x in fnrs], [1 - x / nn for x in fprs]
+
+
+def kaldi_min_dcf(fnrs, fprs, p, c_miss=1.0, c_fa=1.0):
+    """Kaldi compute_min_dcf.py ComputeMinDcf over the error rates above."""
+    best = min(c_miss * fr * p + c_fa * fa * (1 - p) for fr, fa in zip(fnrs, fprs))
+    return best / min(c_miss * p, c_fa * (1 - p))
+
+
+def naive_error_rates(scores, labels):
+    """Kaldi compute_min_dcf.py (ComputeErrorRates + ComputeMinDcf at 0.01 and 0.05) as loops."""
+    fnrs, fprs = kaldi_error_rates(scores, labels)
+    return [kaldi_min_dcf(fnrs, fprs, p) for p in (0.01, 0.05)]
 
 
 def main():

@@ -1,11 +1,18 @@
 """EER / minDCF / DET: hand-computed cases (with and without ties) and Kaldi's reference loops."""
+import importlib.util
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pysv.metrics import (compute_eer, compute_metrics, compute_min_dcf, det_curve,
                           operating_points, plot_det)
+
+_spec = importlib.util.spec_from_file_location(
+    "bench_scoring", Path(__file__).resolve().parents[1] / "bench" / "scoring.py")
+BENCH = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(BENCH)
 
 
 def kaldi_compute_eer(tar, non):
@@ -23,19 +30,8 @@ def kaldi_compute_eer(tar, non):
 
 
 def kaldi_min_dcf(scores, labels, p, c_miss=1.0, c_fa=1.0):
-    """Kaldi's compute_min_dcf.py (ComputeErrorRates + ComputeMinDcf) as plain loops."""
-    idx = sorted(range(len(scores)), key=lambda i: scores[i])
-    labs = [labels[i] for i in idx]
-    fnrs, fprs = [], []
-    for i, lab in enumerate(labs):
-        fnrs.append(lab if i == 0 else fnrs[-1] + lab)
-        fprs.append(1 - lab if i == 0 else fprs[-1] + 1 - lab)
-    nt = sum(labs)
-    nn = len(labs) - nt
-    fnrs = [x / nt for x in fnrs]
-    fprs = [1 - x / nn for x in fprs]
-    best = min(c_miss * fr * p + c_fa * fa * (1 - p) for fr, fa in zip(fnrs, fprs))
-    return best / min(c_miss * p, c_fa * (1 - p))
+    """Kaldi's compute_min_dcf.py as plain loops (kept once, in bench/scoring.py)."""
+    return BENCH.kaldi_min_dcf(*BENCH.kaldi_error_rates(scores, labels), p, c_miss, c_fa)
 
 
 # targets 0.9 0.8 0.3, non-targets 0.7 0.2 0.1 (no ties)
