@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pysv.models import register
-from .pooling import GlobalAveragePooling, SelfAttentivePooling, check_lengths, mask_time
+from .pooling import GlobalAveragePooling, SelfAttentivePooling, check_features, mask_time
 from .resnet_blocks import check_stages, init_resnet_weights, make_stage
 
 __all__ = ["MLAResNet34", "ENCODINGS"]
@@ -154,9 +154,7 @@ class MLAResNet34(nn.Module):
         return lengths
 
     def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if x.dim() != 3 or x.shape[2] != self.feat_dim:
-            raise ValueError(f"expected features [batch, frames, {self.feat_dim}], got {tuple(x.shape)}")
-        lengths = check_lengths(lengths, x.shape[0], x.shape[1], x.device)
+        lengths = check_features(x, self.feat_dim, lengths)
         x = x.transpose(1, 2).unsqueeze(1)  # [B, 1, F, T]
         x = self.relu(self.bn1(self.conv1(mask_time(x, lengths))))
         mla = len(self.branches) > 1

@@ -28,6 +28,7 @@ __all__ = [
     "StatisticsPooling",
     "MultiHeadAttentivePooling",
     "build_pooling",
+    "check_features",
     "POOLING_NAMES",
 ]
 
@@ -58,6 +59,14 @@ def check_lengths(lengths: Optional[torch.Tensor], batch: int, max_len: int,
     if lo == max_len:
         return None
     return lengths
+
+
+def check_features(x: torch.Tensor, feat_dim: int, lengths: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Validate an encoder's ``[batch, frames, feat_dim]`` input and its ``lengths``
+    (returned as :func:`check_lengths` does)."""
+    if x.dim() != 3 or x.shape[2] != feat_dim:
+        raise ValueError(f"expected features [batch, frames, {feat_dim}], got {tuple(x.shape)}")
+    return check_lengths(lengths, x.shape[0], x.shape[1], x.device)
 
 
 def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pysv.models import register
-from .pooling import MultiHeadAttentivePooling, check_lengths, lengths_to_mask
+from .pooling import MultiHeadAttentivePooling, check_features, lengths_to_mask
 
 __all__ = ["SAEP"]
 
@@ -107,10 +107,8 @@ class SAEP(nn.Module):
         return self.dense3.parameters()
 
     def _embedding(self, x: torch.Tensor, lengths: Optional[torch.Tensor]) -> torch.Tensor:
-        if x.dim() != 3 or x.shape[2] != self.feat_dim:
-            raise ValueError(f"expected features [batch, frames, {self.feat_dim}], got {tuple(x.shape)}")
+        lengths = check_features(x, self.feat_dim, lengths)
         B, T, _ = x.shape
-        lengths = check_lengths(lengths, B, T, x.device)
         attn_mask = None
         if lengths is not None:  # key padding mask: True = may attend
             attn_mask = lengths_to_mask(lengths, T)[:, None, None, :]

@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from pysv.models import register
 from .pooling import (AttentiveStatisticsPooling, SelfAttentivePooling, TemporalAveragePooling,
-                      check_lengths, mask_time, masked_moments)
+                      check_features, mask_time, masked_moments)
 from .resnet_blocks import check_stages, init_resnet_weights, make_stage
 
 __all__ = ["ThinResNet34", "INPUT_NORMS", "normalize_over_time"]
@@ -100,9 +100,7 @@ class ThinResNet34(nn.Module):
         return lengths
 
     def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if x.dim() != 3 or x.shape[2] != self.feat_dim:
-            raise ValueError(f"expected features [batch, frames, {self.feat_dim}], got {tuple(x.shape)}")
-        lengths = check_lengths(lengths, x.shape[0], x.shape[1], x.device)
+        lengths = check_features(x, self.feat_dim, lengths)
         if self.input_norm != "none":
             x = normalize_over_time(x, lengths, variance=self.input_norm == "instance")
         x = x.transpose(1, 2).unsqueeze(1)  # [B, 1, F, T]

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from pysv.models import register
-from .pooling import StatisticsPooling, check_lengths, conv_out_lengths
+from .pooling import StatisticsPooling, check_features, conv_out_lengths
 
 __all__ = ["XVector"]
 
@@ -104,10 +104,8 @@ class XVector(nn.Module):
         return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[2]))
 
     def _segment6(self, x: torch.Tensor, lengths: Optional[torch.Tensor]) -> torch.Tensor:
-        if x.dim() != 3 or x.shape[2] != self.feat_dim:
-            raise ValueError(f"expected features [batch, frames, {self.feat_dim}], got {tuple(x.shape)}")
+        lengths = check_features(x, self.feat_dim, lengths)
         B, T, _ = x.shape
-        lengths = check_lengths(lengths, B, T, x.device)
         if self.pad_input:
             x = self._pad(x, lengths)  # output frame t < len_i sees exactly row i's padded context
         else:
