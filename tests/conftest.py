@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny prepared mini corpus with fbank40 features (built once per session)."""
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,14 @@ def in_dir(monkeypatch):
         monkeypatch.chdir(path)
         return Path(path)
     return _chdir
+
+
+@pytest.fixture(scope="session")
+def bench_script():
+    """Load ``bench/<name>.py`` as a module (the bench scripts are not a package)."""
+    def _load(name: str):
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    return _load

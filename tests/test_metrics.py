@@ -1,18 +1,11 @@
 """EER / minDCF / DET: hand-computed cases (with and without ties) and Kaldi's reference loops."""
-import importlib.util
 import itertools
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pysv.metrics import (compute_eer, compute_metrics, compute_min_dcf, det_curve,
                           operating_points, plot_det)
-
-_spec = importlib.util.spec_from_file_location(
-    "bench_scoring", Path(__file__).resolve().parents[1] / "bench" / "scoring.py")
-BENCH = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(BENCH)
 
 
 def kaldi_compute_eer(tar, non):
@@ -29,9 +22,11 @@ def kaldi_compute_eer(tar, non):
     return 100.0 * pos / len(tar), tar[pos]
 
 
-def kaldi_min_dcf(scores, labels, p, c_miss=1.0, c_fa=1.0):
+@pytest.fixture(scope="module")
+def kaldi_min_dcf(bench_script):
     """Kaldi's compute_min_dcf.py as plain loops (kept once, in bench/scoring.py)."""
-    return BENCH.kaldi_min_dcf(*BENCH.kaldi_error_rates(scores, labels), p, c_miss, c_fa)
+    ref = bench_script("scoring")
+    return lambda scores, labels, p: ref.kaldi_min_dcf(*ref.kaldi_error_rates(scores, labels), p)
 
 
 # targets 0.9 0.8 0.3, non-targets 0.7 0.2 0.1 (no ties)
@@ -83,7 +78,7 @@ S2 = [0.5, 0.5, 0.5, 0.5, 0.9, 0.1]
 L2 = [1, 0, 1, 0, 1, 0]
 
 
-def test_ties_hand_and_order_independent():
+def test_ties_hand_and_order_independent(kaldi_min_dcf):
     # points: (0,1) (0,2/3) [reject 0.1] (2/3,0) [reject the 0.5 group] (1,0)
     # FNR-FPR: -1, -2/3, 2/3, 1 -> crossing halfway between (0,2/3) and (2/3,0): EER = 1/3
     # minDCF p=0.01: min(99, 66, (0.01*2/3)/0.01, 1) = 2/3 ; p=0.25: min(4, 2, 2/3, 1) = 2/3
@@ -100,7 +95,7 @@ def test_ties_hand_and_order_independent():
     assert a != b
 
 
-def test_against_kaldi_loops_random():
+def test_against_kaldi_loops_random(kaldi_min_dcf):
     rng = np.random.default_rng(3)
     for _ in range(5):
         nt, nn = rng.integers(50, 300, 2)

@@ -2,7 +2,6 @@
 and the bench runs end to end at tiny sizes (so the script cannot rot)."""
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
@@ -10,15 +9,10 @@ import kaldiio
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def scale():
-    spec = importlib.util.spec_from_file_location("bench_scale", REPO / "bench" / "scale.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def scale(bench_script):
+    return bench_script("scale")
 
 
 def _table(path: Path):
