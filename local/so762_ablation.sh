@@ -70,7 +70,7 @@ for r in $rows; do
     small_wd)      row small_wd small_data_cpu "optim.weight_decay=0.0005" ;;
     # the recipe with every training crop augmented (probability 1.0 instead of wespeaker's 0.6)
     small_p1)      row small_p1 small_data_cpu "data.augment.prob=1.0" ;;
-    # in-budget large-margin fine-tuning (RESULTS §8c): the recipe trained for 37 minutes (stage 2
+    # in-budget large-margin fine-tuning (RESULTS §8c, §8d): the recipe trained for 37 minutes (stage 2
     # only), then 5 epochs of conf/small_data_cpu_lmft.yaml from its final.pt (~39 minutes in all)
     small_lmft)    [[ $print_systems == true ]] || row small_lmft small_data_cpu "train.max_minutes=37" --stop-stage 2
                    row small_lmft small_data_cpu_lmft "" ;;
