@@ -43,7 +43,7 @@ nj=2                      # parallel jobs for features and extraction
 ngpu=0                    # >1: torchrun with this many processes per node for training
 train_opts=               # extra key=value overrides for every training run
 backends="cosine plda"    # back-ends scored in stage 5 (cosine cosine_mean plda asnorm), plus the system's protocol back-end
-lda_dim=200               # LDA dimension for PLDA (capped at #train speakers - 1)
+lda_dim=200               # LDA dimension for PLDA (capped at the embedding dim and #train speakers - 1)
 extract_mode=             # test protocol: full | crops | tta (default: each system's extract.mode)
 extract_precision=fp32    # stage 3 forward pass: fp32 (exact) | bf16 | auto (faster where native)
 exp=exp                   # experiment root: exp/<system>/
@@ -216,19 +216,15 @@ fi
 
 if [[ $stage -le 4 && $stop_stage -ge 4 ]]; then
   log "stage 4: back-ends"
-  nspk=$(wc -l < "data/$train_set/spk2utt")
-  dim=$(( lda_dim < nspk - 1 ? lda_dim : nspk - 1 ))
-  [[ $dim -lt $lda_dim ]] && log "LDA dimension capped at $dim (training set has $nspk speakers)"
   for sys in $system_list; do
-    # with calibration, the held-out validation speakers (stage 5's development trials) stay out of LDA/PLDA
-    exclude=(); sys_dim=$dim
+    # with calibration, the held-out validation speakers (stage 5's development trials) stay out of LDA/PLDA;
+    # --cap-lda-dim: at most the embedding dimension and #speakers - 1 of what the back-end is fitted on
+    exclude=()
     if [[ $calibrate == true && -f $exp/$sys/valid_speakers ]]; then
       exclude=(--exclude-speakers "$exp/$sys/valid_speakers")
-      nfit=$(( nspk - $(wc -l < "$exp/$sys/valid_speakers") ))
-      [[ $sys_dim -ge $nfit ]] && sys_dim=$(( nfit - 1 ))
     fi
     python -m pysv.bin.backend --exp "$exp/$sys" --train-set "$train_set" \
-      --utt2spk "data/$train_set/utt2spk" --lda-dim "$sys_dim" ${exclude[@]+"${exclude[@]}"} $force_flag
+      --utt2spk "data/$train_set/utt2spk" --lda-dim "$lda_dim" --cap-lda-dim ${exclude[@]+"${exclude[@]}"} $force_flag
   done
 fi
 

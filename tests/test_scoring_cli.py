@@ -137,6 +137,23 @@ def test_backend_stage_errors(recipe, capsys):
     assert "bad03-u1" in err and "NaN" in err
 
 
+def test_backend_cap_lda_dim(recipe, capsys):
+    """--cap-lda-dim (run.sh stage 4) lowers --lda-dim to #speakers - 1 and to the embedding dimension."""
+    write_set(recipe["root"], "few", 5, 4, seed=3)
+    assert run_backend("--cap-lda-dim", train="few") == 0
+    out = recipe["root"] / "exp" / "sys" / "backend"
+    assert LDA.read(out / "transform.mat").matrix_.shape == (4, D + 1)
+    assert "LDA dimension capped at 4" in (out / "backend.log").read_text()
+    # more dims asked than the embedding has: capped at the embedding dimension, not refused
+    assert backend_cli.main(["--exp", "exp/sys", "--train-set", "train", "--utt2spk", "data/train/utt2spk",
+                             "--lda-dim", str(D + 5), "--cap-lda-dim"]) == 0
+    assert LDA.read(out / "transform.mat").matrix_.shape == (D, D + 1)
+    # without the flag the same request is refused, naming the embedding dimension
+    assert backend_cli.main(["--exp", "exp/sys", "--train-set", "train", "--utt2spk", "data/train/utt2spk",
+                             "--lda-dim", str(D + 5), "--force"]) == 1
+    assert f"exceeds the embedding dimension {D}" in capsys.readouterr().err
+
+
 def test_score_cosine_outputs_and_metrics(recipe, capsys):
     assert run_score("cosine") == 0
     out = capsys.readouterr().out

@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LDA output dimension, as ivector-compute-lda --dim; default 200, as for the "
                         "x-vector baseline of SAEP; must be smaller than the number "
                         "of training speakers")
+    p.add_argument("--cap-lda-dim", action="store_true",
+                   help="take --lda-dim as an upper bound: use at most the embedding dimension and the number "
+                        "of training speakers (after --exclude-speakers) minus one, and log the cap (run.sh "
+                        "stage 4 passes it: a 128-d system or a 100-speaker corpus still gets a back-end)")
     p.add_argument("--num-em-iters", type=int, default=10,
                    help="PLDA EM iterations, as ivector-compute-plda --num-em-iters (default 10)")
     p.add_argument("--total-covariance-factor", type=float, default=0.0,
@@ -79,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     done = out / ".done"
     options = {
         "train_set": args.train_set, "utt2spk": str(utt2spk_path), "lda_dim": args.lda_dim,
+        "cap_lda_dim": args.cap_lda_dim,
         "num_em_iters": args.num_em_iters, "total_covariance_factor": args.total_covariance_factor,
         "covariance_floor": args.covariance_floor, "binary": args.binary,
     }
@@ -114,11 +119,16 @@ def run(args: argparse.Namespace) -> int:
     n_spk = np.unique(labels).size
     log.info("training the back-end on %d utterances of %d speakers (%d left out), dim %d", X.shape[0], n_spk,
              len(excluded), X.shape[1])
-    if args.lda_dim > X.shape[1]:
+    lda_dim = args.lda_dim
+    if args.cap_lda_dim and lda_dim > min(X.shape[1], n_spk - 1):
+        lda_dim = max(1, min(X.shape[1], n_spk - 1))
+        log.info("LDA dimension capped at %d (embedding dimension %d, %d training speakers)",
+                 lda_dim, X.shape[1], n_spk)
+    if lda_dim > X.shape[1]:
         raise DataError(f"--lda-dim {args.lda_dim} exceeds the embedding dimension {X.shape[1]}; "
                         f"use --lda-dim {X.shape[1]} or less")
     done.unlink(missing_ok=True)
-    be = PldaBackend(lda_dim=args.lda_dim, num_em_iters=args.num_em_iters,
+    be = PldaBackend(lda_dim=lda_dim, num_em_iters=args.num_em_iters,
                      total_covariance_factor=args.total_covariance_factor,
                      covariance_floor=args.covariance_floor)
     try:
@@ -130,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
                 utterances=int(X.shape[0]), speakers=int(n_spk))
     psi = be.plda.psi_
     log.info("PLDA between-class variances (normalized space): max %.3f, min %.3f", psi.max(), psi.min())
-    print(f"wrote {out}/mean.vec, transform.mat ({args.lda_dim}x{X.shape[1] + 1}), plda "
+    print(f"wrote {out}/mean.vec, transform.mat ({lda_dim}x{X.shape[1] + 1}), plda "
           f"({X.shape[0]} utterances, {n_spk} speakers)")
     return 0
 
