@@ -62,7 +62,10 @@ def run(args: argparse.Namespace) -> int:
     missing = sorted(speakers - set(spk2utt))
     if missing:
         raise DataError(f"{args.utt2spk}: held-out speaker '{missing[0]}' of {valid} has no utterance")
-    seed = load_config(str(exp / "config.yaml"), check_choices=False)["seed"]
+    cfg = load_config(str(exp / "config.yaml"), check_choices=False)
+    # the trials of the held-out speakers are drawn as the training run drew them (data.valid_seed):
+    # runs that differ only in seed (ensemble members) are calibrated on the same trials
+    seed = cfg["seed"] if cfg["data"]["valid_seed"] is None else cfg["data"]["valid_seed"]
     trials = make_trials(spk2utt, TrialOptions(seed=seed, max_target_trials=args.max_target_trials), "dev")
     cal_dir = exp / "calibration"
     cal_dir.mkdir(exist_ok=True)

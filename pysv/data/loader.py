@@ -182,8 +182,9 @@ def build_training_data(cfg: Dict[str, Any], input_kind: str, dist: DistInfo, de
         eval_dir = fdir
     index = base.index
     spk_names = sorted(index.spk2label, key=lambda s: index.spk2label[s])
+    valid_seed = cfg["seed"] if dcfg["valid_seed"] is None else dcfg["valid_seed"]
     train_spk, valid_spk = split_validation_speakers(
-        spk_names, dcfg["valid_speakers"] if not dcfg["valid_trials"] else 0, cfg["seed"])
+        spk_names, dcfg["valid_speakers"] if not dcfg["valid_trials"] else 0, valid_seed)
     train_speakers = sorted(train_spk)
     label_map = {index.spk2label[s]: i for i, s in enumerate(train_speakers)}
     indices = [i for i, lab in enumerate(index.labels) if lab in label_map]
@@ -206,7 +207,7 @@ def build_training_data(cfg: Dict[str, Any], input_kind: str, dist: DistInfo, de
             if s in valid_spk:
                 spk2utts.setdefault(s, []).append(utt)
         valid_trials = validation_trials(spk2utts, dcfg["valid_max_target"], dcfg["valid_nontarget_ratio"],
-                                         cfg["seed"])
+                                         valid_seed)
         valid_reader_dir = eval_dir
     if speed_new:  # the copies at the other factors are speakers of their own (wespeaker, 3D-Speaker)
         copies = [f for f in speed_factors if f != 1.0]

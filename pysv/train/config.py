@@ -40,6 +40,8 @@ DEFAULTS: Dict[str, Any] = {
         "speed_perturb": None,        # {factors: [0.9, 1.0, 1.1], new_speakers: true}: lhotse Speed per crop
         "num_workers": 2,
         "valid_speakers": 8,          # training speakers held out for the per-epoch validation EER
+        "valid_seed": None,           # seed of the held-out speakers and their trials; null = seed (the
+                                      # members of an ensemble differ in seed but hold out the same speakers)
         "valid_trials": None,         # or an explicit trial list (its utterances read from valid_data)
         "valid_data": None,           # Kaldi data dir (features dir for feature systems) for valid_trials
         "valid_max_target": 2000,     # cap on target trials of the held-out validation speakers (0 = all)
@@ -91,6 +93,7 @@ DEFAULTS: Dict[str, Any] = {
                                       # plateau steps on validated epochs (voxceleb_trainer's test_interval)
         "init_from": None,            # fine-tuning: encoder weights from this final.pt / checkpoint (new loss head)
         "margin_ramp": None,          # [start_epoch, end_epoch]: AM/AAM margin ramps 0 -> loss.hparams.margin
+        "ensemble": 1,                # N > 1: N members, seeds seed..seed+N-1, one final.pt (pysv.train.ensemble)
     },
     # the system's test protocol: stage 3 always writes full-utterance embeddings (cosine / PLDA)
     # and, when mode is not full, the protocol's embeddings of the test set as well
@@ -109,6 +112,7 @@ OPTIONAL_TYPES: Dict[str, tuple] = {
     "data.spec_augment": (dict,),
     "data.speed_perturb": (dict,),
     "data.valid_trials": (str,),
+    "data.valid_seed": (int,),
     "data.valid_data": (str,),
     "sampler.max_utts_per_spk": (int,),
     "optim.lr_batch": (int,),
@@ -295,7 +299,7 @@ def check_values(cfg: Dict[str, Any], check_choices: bool = True) -> None:
         if flat[key] not in allowed:
             raise ConfigError(f"config key '{key}': {flat[key]!r} is not one of {tuple(allowed)}")
     positive = ["data.crop", "sampler.batch_size", "optim.lr", "train.epochs", "train.average_last",
-                "train.valid_every"]
+                "train.valid_every", "train.ensemble"]
     for key in positive:
         if flat[key] <= 0:
             raise ConfigError(f"config key '{key}' must be positive, got {flat[key]!r}")
