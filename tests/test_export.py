@@ -43,6 +43,10 @@ def _system_configs():
     for system in list_systems(ROOT / "conf"):
         cfg = load_config(str(ROOT / "conf" / f"{system}.yaml"))
         out.setdefault(cfg["model"]["name"], cfg)
+        if cfg["train"]["ensemble"] > 1 and "ensemble" not in out:  # the final.pt of a train.ensemble run
+            member = {"name": cfg["model"]["name"],
+                      "hparams": {**cfg["model"]["hparams"], **SMALL.get(cfg["model"]["name"], {})}}
+            out["ensemble"] = {**cfg, "model": {"name": "ensemble", "hparams": {"members": [member, member]}}}
     return out
 
 

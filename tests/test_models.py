@@ -35,6 +35,8 @@ VARIANTS = (
      ("saep", {"pos_encoding": "sinusoidal"})]
     + [("mla_resnet34", {"encoding": "mla_sap_fr_dln"})]
     + [("mla_resnet34", {"encoding": e, "feat_dim": 16}) for e in ENCODINGS]
+    + [("ensemble", {"members": [{"name": "thin_resnet34", "hparams": {"feat_dim": 16, "embed_dim": 32}},
+                                 {"name": "xvector", "hparams": {"feat_dim": 16, "embed_dim": 24}}]})]
     + [("rawnet2", {})]
     + [("rawnet2", {"fms": f, "first_layer": "conv"}) for f in FMS_MODES]
     + [("rawnet2", {"sinc_length": 125}), ("rawnet2", {"sinc_length": 375}),

@@ -11,6 +11,11 @@ asked for more epochs (``train.epochs``) from its last epoch. A run dir whose re
 differs in any other key than ``train.epochs``, ``train.log_interval``, ``data.num_workers``,
 ``train.max_minutes`` is
 refused with the changed keys named (``--overwrite`` retrains it, or use another ``--exp-dir``).
+
+``train.ensemble=N`` (N > 1) trains N members of the system one after the other in
+``exp/<system>/members/m<k>/`` (seeds ``seed`` .. ``seed+N-1``, the same held-out validation
+speakers, ``train.max_minutes`` shared between them) and writes one ``final.pt`` whose encoder is
+their ensemble (``pysv.train.ensemble``): stages 3-5, ``pysv.load`` and export use it as any run.
 """
 from __future__ import annotations
 
@@ -40,10 +45,8 @@ def main(argv=None) -> int:
     args = p.parse_intermixed_args(argv)  # overrides may come before and after --profile items
 
     import torch
-    from pysv.train.config import ConfigError, load_config, parse_override
+    from pysv.train.config import ConfigError, load_config
     from pysv.train.distributed import cleanup, init_distributed
-    from pysv.utils.io import DataError
-    from pysv.utils.logging import setup_logging
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -61,18 +64,30 @@ def main(argv=None) -> int:
     if args.overwrite and info.is_main and exp.exists():
         shutil.rmtree(exp)
     barrier(info)
+    if cfg["train"]["ensemble"] > 1:
+        rc = train_ensemble(cfg, exp, args, info)
+    else:
+        rc = train_run(cfg, exp, args, info)
+    cleanup(info)
+    return rc
+
+
+def train_run(cfg: dict, exp: Path, args: argparse.Namespace, info) -> int:
+    """One training run of ``cfg`` in ``exp`` (skipped when complete, refused when changed); exit code."""
+    from pysv.train.config import ConfigError, parse_override
+    from pysv.utils.io import DataError
+    from pysv.utils.logging import setup_logging
+
     decision = None if args.overwrite else previous_run_decision(exp, cfg, args.resume)
     if decision is not None:
         rc, message = decision
         if info.is_main:
             print(f"pysv.bin.train: {message}", file=sys.stderr)
-        cleanup(info)
         return rc
     if any((exp / "checkpoints").glob("epoch_*.pt")) and not args.resume:
         if info.is_main:
             print(f"pysv.bin.train: {exp} has checkpoints from an unfinished run; pass --resume to continue "
                   "it or --overwrite to start again", file=sys.stderr)
-        cleanup(info)
         return 2
     setup_logging(str(exp / "train.log") if info.is_main else None,
                   level=logging.INFO if info.is_main else logging.WARNING)
@@ -87,13 +102,59 @@ def main(argv=None) -> int:
         trainer.fit()
     except (ConfigError, DataError) as e:
         logging.getLogger("pysv.train").error("%s", e)
-        cleanup(info)
         return 2
     except NonFiniteLossError as e:
         logging.getLogger("pysv.train").error("%s", e)
-        cleanup(info)
         return 3
-    cleanup(info)
+    return 0
+
+
+def train_ensemble(cfg: dict, exp: Path, args: argparse.Namespace, info) -> int:
+    """``train.ensemble: N``: the members one after the other in ``exp/members/m<k>``, each a run of
+    :func:`train_run` (resumed and skipped alike), then the combined ``exp/final.pt``
+    (:mod:`pysv.train.ensemble`). Skipped when complete; refused when the config changed."""
+    from pysv.train import ensemble
+    from pysv.train.config import load_config
+    from pysv.train.distributed import barrier
+    from pysv.utils import stage
+    from pysv.utils.io import DataError
+
+    saved = exp / "config.yaml"
+    if not args.overwrite and saved.is_file():
+        fixed = [k for k in changed_keys(load_config(str(saved)), cfg) if k not in MAY_CHANGE]
+        if fixed:
+            if info.is_main:
+                print(f"pysv.bin.train: {exp} holds an ensemble with another configuration (changed: "
+                      f"{', '.join(fixed[:8])}); use --overwrite to retrain it, or another --exp-dir",
+                      file=sys.stderr)
+            return 2
+        if stage.outputs_intact(exp / ".done") is None:
+            if info.is_main:
+                print(f"pysv.bin.train: {exp} is complete (an ensemble of {cfg['train']['ensemble']} members); "
+                      "skipping. Use --overwrite to retrain.", file=sys.stderr)
+            return 0
+    n = int(cfg["train"]["ensemble"])
+    member_args = argparse.Namespace(**{**vars(args), "overwrite": False})
+    minutes_left = cfg["train"]["max_minutes"]
+    dirs = []
+    for k in range(n):
+        member = ensemble.member_dir(exp, k)
+        if info.is_main:
+            print(f"pysv.bin.train: ensemble member {k + 1}/{n} in {member}", file=sys.stderr)
+        rc = train_run(ensemble.member_config(cfg, k, minutes_left), member, member_args, info)
+        if rc != 0:
+            return rc
+        dirs.append(member)
+        if minutes_left is not None:
+            minutes_left -= ensemble.member_minutes(member)
+    if info.is_main:
+        try:
+            ensemble.write_ensemble(exp, cfg, dirs)
+        except DataError as e:
+            print(f"pysv.bin.train: {e}", file=sys.stderr)
+            return 2
+        print(f"pysv.bin.train: wrote {exp / 'final.pt'} (an ensemble of {n} members)", file=sys.stderr)
+    barrier(info)
     return 0
 
 

@@ -56,8 +56,11 @@ def input_kind(name: str) -> str:
 
 
 def default_feat_dim(name: str) -> Optional[int]:
-    """Feature dim an encoder expects by default: its ``feat_dim`` default (None for waveform encoders)."""
-    return ENCODERS.default_hparams(name).get("feat_dim")
+    """Feature dim an encoder expects by default: its ``feat_dim`` default (None for waveform encoders;
+    an encoder without that hyper-parameter, e.g. ``ensemble``, may say it with a ``default_feat_dim``
+    class method)."""
+    hook = getattr(ENCODERS.get(name), "default_feat_dim", None)
+    return hook() if callable(hook) else ENCODERS.default_hparams(name).get("feat_dim")
 
 
 def hparam_names(name: str) -> Tuple[str, ...]:
