@@ -30,7 +30,7 @@ name=so762
 print_systems=false       # true: print "ROW-DIR SYSTEM" for each row (its <exp-root>/ROW-DIR/SYSTEM) and run nothing
 . ./utils/parse_options.sh
 
-all_rows="vt mean small small_wd small_lmft small_p1 none mean_aug mean_aug_sp aam_aug aam_aug_spnew mmpb_aug aam_aug_lmft"
+all_rows="vt mean small small_wd small_lmft small_p1 small_e128_sp5 small_m20a small_m20b small_ens none mean_aug mean_aug_sp aam_aug aam_aug_spnew mmpb_aug aam_aug_lmft"
 rows=${*:-$all_rows}
 corpus=(--corpus folder --corpus-dir "$corpus_dir" --name "$name")
 aug=(--musan-dir "$noise_dir" --rirs-dir "$rir_dir")
@@ -64,12 +64,22 @@ for r in $rows; do
     # large-margin fine-tuning of the aam_aug row's model (conf/thin_resnet34_aamsoftmax_lmft.yaml:
     # init_from <root>/thin_resnet34_aamsoftmax/final.pt), 5 epochs
     aam_aug_lmft)  row aam_aug thin_resnet34_aamsoftmax_lmft "model.hparams.input_norm=mean" "${aug[@]}" ;;
-    # the recommended recipe as run.sh --systems small trains it (conf/small_data_cpu.yaml)
+    # the single-model recipe (conf/small_data_cpu.yaml; run.sh --systems small until RESULTS §8f)
     small)         row small small_data_cpu "" ;;
     # the recipe with 10 x the weight decay (5e-4, the usual SGD value for ResNets on small image sets)
     small_wd)      row small_wd small_data_cpu "optim.weight_decay=0.0005" ;;
     # the recipe with every training crop augmented (probability 1.0 instead of wespeaker's 0.6)
     small_p1)      row small_p1 small_data_cpu "data.augment.prob=1.0" ;;
+    # the recipe with a 128-d embedding (instead of 512) and speed factors 0.8-1.2 (five, so 450 classes
+    # instead of 270): two changes against over-fitting 90 speakers of ~12 utterances (RESULTS §8f)
+    small_e128_sp5) row small_e128_sp5 small_data_cpu "model.hparams.embed_dim=128 data.speed_perturb.factors=[0.8,0.9,1.0,1.1,1.2]" ;;
+    # the two members of a 2-model ensemble inside the 40-minute budget (RESULTS §8f): the recipe for 20
+    # minutes each, seeds 1 and 2, the same held-out validation speakers (data.valid_seed)
+    small_m20a)    row small_m20a small_data_cpu "train.max_minutes=20" ;;
+    small_m20b)    row small_m20b small_data_cpu "train.max_minutes=20 seed=2 data.valid_seed=1" ;;
+    # the recommended recipe as run.sh --systems small trains it: conf/small_data_cpu_ensemble.yaml
+    # (train.ensemble: 2, 20 + 20 minutes; RESULTS §8f)
+    small_ens)     row small_ens small_data_cpu_ensemble "" ;;
     # in-budget large-margin fine-tuning (RESULTS §8c, §8d): the recipe trained for 37 minutes (stage 2
     # only), then 5 epochs of conf/small_data_cpu_lmft.yaml from its final.pt (~39 minutes in all)
     small_lmft)    [[ $print_systems == true ]] || row small_lmft small_data_cpu "train.max_minutes=37" --stop-stage 2
