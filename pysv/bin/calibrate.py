@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from pysv.bin import score as score_bin
     from pysv.calibration import Calibration
     from pysv.data.trials import TrialOptions, make_trials
-    from pysv.train.config import load_config
+    from pysv.train.config import load_config, validation_seed
 
     exp = Path(args.exp)
     valid = exp / "valid_speakers"
@@ -62,10 +62,9 @@ def run(args: argparse.Namespace) -> int:
     missing = sorted(speakers - set(spk2utt))
     if missing:
         raise DataError(f"{args.utt2spk}: held-out speaker '{missing[0]}' of {valid} has no utterance")
-    cfg = load_config(str(exp / "config.yaml"), check_choices=False)
     # the trials of the held-out speakers are drawn as the training run drew them (data.valid_seed):
     # runs that differ only in seed (ensemble members) are calibrated on the same trials
-    seed = cfg["seed"] if cfg["data"]["valid_seed"] is None else cfg["data"]["valid_seed"]
+    seed = validation_seed(load_config(str(exp / "config.yaml"), check_choices=False))
     trials = make_trials(spk2utt, TrialOptions(seed=seed, max_target_trials=args.max_target_trials), "dev")
     cal_dir = exp / "calibration"
     cal_dir.mkdir(exist_ok=True)

@@ -25,7 +25,7 @@ from pysv.data.samplers import build_sampler
 from pysv.data.spec_augment import build_spec_augment
 from pysv.data.trials import TrialOptions, make_trials
 from pysv.data.waveform_augment import build_augmentor
-from pysv.train.config import ConfigError
+from pysv.train.config import ConfigError, validation_seed
 from pysv.train.distributed import DistInfo
 from pysv.utils.io import DataError, read_trials
 
@@ -182,7 +182,7 @@ def build_training_data(cfg: Dict[str, Any], input_kind: str, dist: DistInfo, de
         eval_dir = fdir
     index = base.index
     spk_names = sorted(index.spk2label, key=lambda s: index.spk2label[s])
-    valid_seed = cfg["seed"] if dcfg["valid_seed"] is None else dcfg["valid_seed"]
+    valid_seed = validation_seed(cfg)
     train_spk, valid_spk = split_validation_speakers(
         spk_names, dcfg["valid_speakers"] if not dcfg["valid_trials"] else 0, valid_seed)
     train_speakers = sorted(train_spk)

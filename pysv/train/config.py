@@ -336,6 +336,12 @@ def check_values(cfg: Dict[str, Any], check_choices: bool = True) -> None:
                               f"(a name of {', '.join(FEATURE_NAMES)} or a feature yaml)")
 
 
+def validation_seed(cfg: Dict[str, Any]) -> int:
+    """The seed that draws the held-out validation speakers and their trials: ``data.valid_seed``,
+    else ``seed`` (the training run, stage 5's development trials and ensemble members agree on it)."""
+    return int(cfg["seed"] if cfg["data"]["valid_seed"] is None else cfg["data"]["valid_seed"])
+
+
 def save_config(cfg: Dict[str, Any], path) -> None:
     with atomic_write(path, encoding="utf-8") as f:
         yaml.safe_dump(cfg, f, sort_keys=False)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 from pysv.train import checkpoint
-from pysv.train.config import save_config
+from pysv.train.config import save_config, validation_seed
 from pysv.utils import stage
 from pysv.utils.io import DataError, atomic_write
 
@@ -36,7 +36,7 @@ def member_config(cfg: Dict[str, Any], k: int, minutes_left=None) -> Dict[str, A
     m = copy.deepcopy(cfg)
     m["train"]["ensemble"] = 1
     m["seed"] = int(cfg["seed"]) + k
-    m["data"]["valid_seed"] = cfg["data"]["valid_seed"] if cfg["data"]["valid_seed"] is not None else int(cfg["seed"])
+    m["data"]["valid_seed"] = validation_seed(cfg)
     if cfg["train"]["max_minutes"] is not None:
         left = cfg["train"]["max_minutes"] if minutes_left is None else minutes_left
         # a spent budget still trains one epoch (as any run: the first epoch always runs)
@@ -46,8 +46,9 @@ def member_config(cfg: Dict[str, Any], k: int, minutes_left=None) -> Dict[str, A
 
 def member_minutes(exp) -> float:
     """Wall minutes spent by a complete member run (its history's epoch walls, validation included)."""
-    history = json.loads((Path(exp) / "history.json").read_text())
-    return sum(h.get("epoch_seconds", h.get("seconds", 0.0)) for h in history) / 60.0
+    from pysv.train.trainer import epoch_walls
+
+    return sum(epoch_walls(json.loads((Path(exp) / "history.json").read_text()))) / 60.0
 
 
 def write_ensemble(exp, cfg: Dict[str, Any], members: Sequence[Path]) -> Dict[str, Any]:

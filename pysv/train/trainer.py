@@ -430,7 +430,7 @@ class Trainer:
         return epoch % self.cfg["train"]["valid_every"] == 0 or epoch == self.cfg["train"]["epochs"]
 
     def _epoch_seconds(self) -> List[float]:
-        return [h.get("epoch_seconds", h.get("seconds", 0.0)) for h in self.history]
+        return epoch_walls(self.history)
 
     def _pace(self) -> Tuple[float, float]:
         """(wall seconds of the next epoch without validation, seconds of one validation): the mean of
@@ -479,6 +479,12 @@ class Trainer:
         checkpoint.mark_run_complete(self.exp, self.cfg["system"], len(self.history))
         log.info("wrote %s (average of epochs %s)", self.exp / "final.pt", final["averaged_epochs"])
 
+
+
+def epoch_walls(history: List[Dict[str, Any]]) -> List[float]:
+    """Wall seconds of each epoch of a run's history (validation included; histories written before
+    ``epoch_seconds`` was recorded have ``seconds``)."""
+    return [h.get("epoch_seconds", h.get("seconds", 0.0)) for h in history]
 
 
 class _CompileOrEager(nn.Module):
