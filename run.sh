@@ -42,7 +42,8 @@ systems=default           # default | paper | all | list of conf/<system>.yaml n
 nj=2                      # parallel jobs for features and extraction
 ngpu=0                    # >1: torchrun with this many processes per node for training
 train_opts=               # extra key=value overrides for every training run
-backends="cosine plda"    # back-ends scored in stage 5 (cosine cosine_mean plda asnorm), plus the system's protocol back-end
+backends="cosine plda fusion"  # back-ends scored in stage 5 (cosine cosine_mean plda asnorm fusion), plus the
+                          # system's protocol back-end; fusion: stage 5's calibration fits it (needs calibrate=true)
 lda_dim=200               # LDA dimension for PLDA (capped at the embedding dim and #train speakers - 1)
 extract_mode=             # test protocol: full | crops | tta (default: each system's extract.mode)
 extract_precision=fp32    # stage 3 forward pass: fp32 (exact) | bf16 | auto (faster where native)
@@ -242,6 +243,8 @@ if [[ $stage -le 5 && $stop_stage -ge 5 ]]; then
     [[ $mode != full && " $backends " != *" $mode "* ]] && sys_backends="$backends $mode"
     for trials in $trial_lists; do
       for backend in $sys_backends; do
+        # the fusion's weights come from the calibration: none without held-out speakers or calibrate=false
+        [[ $backend == fusion && ! ( $calibrate == true && -f $exp/$sys/valid_speakers ) ]] && continue
         python -m pysv.bin.score --exp "$exp/$sys" --trials "data/$test_set/$trials" --test-set "$test_set" \
           --train-set "$train_set" --backend "$backend" $force_flag ${skip_missing_flag:-}
       done

@@ -6,6 +6,10 @@ objective is ``Cllr``). ``minCllr`` is the Cllr of the optimal monotonic (PAV) t
 scores: what calibration could reach at best; ``Cllr - minCllr`` is the calibration loss. A
 :class:`Calibration` also stores the decision threshold on the LLR scale: at the equal-error point
 of the development trials, or where their false-accept rate reaches a chosen value.
+
+Several back-ends' scores of the same trials fuse the same way (``fit_linear_fusion``, FoCal's
+linear fusion): ``llr = sum_k w_k * score_k + b``; the ``fusion`` back-end
+(:data:`pysv.backend.SCORERS`) scores ``sum_k w_k * score_k`` with the weights stored here.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 from scipy.optimize import isotonic_regression, minimize
@@ -56,25 +60,52 @@ def min_cllr(scores, labels) -> float:
     return cllr(out, y)
 
 
-def fit_logistic(scores, labels, prior: float = 0.5) -> Tuple[float, float]:
-    """``(a, b)`` of ``llr = a * score + b`` minimising the prior-weighted cross-entropy."""
+def _check_prior(prior: float) -> None:
     if not 0.0 < prior < 1.0:
         raise ValueError(f"prior must be in (0, 1), got {prior}")
-    tar, non = _split(scores, labels)
+
+
+def fit_linear_fusion(scores, labels, prior: float = 0.5,
+                      nonnegative: bool = True) -> Tuple[np.ndarray, float]:
+    """``(w, b)`` of ``llr = scores @ w + b`` (``scores``: ``[trials, K]``, one column per back-end)
+    minimising the prior-weighted cross-entropy: BOSARIS / FoCal linear logistic-regression fusion,
+    with the weights held non-negative unless ``nonnegative=False`` (every back-end's score rises
+    with the evidence for a target; a negative weight only fits the collinearity of near-identical
+    back-ends, such as cosine and cosine_mean, to the development trials). The objective is convex;
+    the columns are standardised for the optimiser and the weights mapped back."""
+    _check_prior(prior)
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels).astype(bool)
+    if s.ndim != 2 or s.shape[0] != y.shape[0] or y.ndim != 1:
+        raise ValueError(f"scores must be [trials, K] and labels [trials], got {s.shape} and {y.shape}")
+    if not y.any() or y.all():
+        raise DataError("calibration needs target and non-target trials")
+    scale = np.maximum(s.std(axis=0), 1e-12)
+    tar, non = s[y] / scale, s[~y] / scale
     offset = math.log(prior / (1 - prior))
-    scale = max(float(np.std(np.concatenate([tar, non]))), 1e-12)
 
     def objective(p):
-        a, b = p
-        zt = a * tar + b + offset
-        zn = a * non + b + offset
+        w, b = p[:-1], p[-1]
+        zt = tar @ w + b + offset
+        zn = non @ w + b + offset
         f = -prior * log_expit(zt).mean() - (1 - prior) * log_expit(-zn).mean()
         gt, gn = -prior * expit(-zt) / len(tar), (1 - prior) * expit(zn) / len(non)
-        return f, np.array([gt @ tar + gn @ non, gt.sum() + gn.sum()])
+        return f, np.concatenate([gt @ tar + gn @ non, [gt.sum() + gn.sum()]])
 
-    res = minimize(objective, np.array([1.0 / scale, 0.0]), jac=True, method="L-BFGS-B")
-    a, b = res.x
-    return float(a), float(b)
+    start = np.concatenate([np.full(s.shape[1], 1.0 / s.shape[1]), [0.0]])
+    bounds = [(0.0 if nonnegative else None, None)] * s.shape[1] + [(None, None)]
+    res = minimize(objective, start, jac=True, method="L-BFGS-B", bounds=bounds)
+    return res.x[:-1] / scale, float(res.x[-1])
+
+
+def fit_logistic(scores, labels, prior: float = 0.5) -> Tuple[float, float]:
+    """``(a, b)`` of ``llr = a * score + b`` minimising the prior-weighted cross-entropy."""
+    _check_prior(prior)
+    tar, non = _split(scores, labels)  # validates the shapes and classes
+    w, b = fit_linear_fusion(np.concatenate([tar, non])[:, None],
+                             np.concatenate([np.ones(len(tar), bool), np.zeros(len(non), bool)]), prior,
+                             nonnegative=False)
+    return float(w[0]), b
 
 
 @dataclasses.dataclass
@@ -91,6 +122,9 @@ class Calibration:
     dev_cllr: float
     dev_min_cllr: float
     dev_eer: float
+    # the linear fusion fitted on the development trials (fit_linear_fusion), back-end -> weight; its
+    # raw score is sum(weight * score); backend "fusion" when it was picked (then a ~ 1, b its bias)
+    fusion_weights: Optional[Dict[str, float]] = None
 
     @property
     def raw_threshold(self) -> float:
@@ -104,7 +138,7 @@ class Calibration:
 
     @classmethod
     def fit(cls, backend: str, scores, labels, dev_trials: str, prior: float = 0.5,
-            far: Optional[float] = None) -> "Calibration":
+            far: Optional[float] = None, fusion_weights: Optional[Dict[str, float]] = None) -> "Calibration":
         """Fit on development scores; threshold at their EER point, or where the false-accept
         rate is ``far``."""
         a, b = fit_logistic(scores, labels, prior)
@@ -123,7 +157,7 @@ class Calibration:
             thr, rule = float(np.nextafter(non[min(max(k, 0), len(non) - 1)], np.inf)), f"far={far:g}"
         return cls(backend=backend, a=a, b=b, prior=prior, threshold=thr, threshold_rule=rule,
                    dev_trials=str(dev_trials), dev_cllr=cllr(llr, labels), dev_min_cllr=min_cllr(scores, labels),
-                   dev_eer=float(eer))
+                   dev_eer=float(eer), fusion_weights=fusion_weights)
 
     def save(self, path) -> None:
         with atomic_write(path) as f:

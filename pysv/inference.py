@@ -160,7 +160,8 @@ class SpeakerModel:
                 self._inputs[name] = read_kaldi_matrix(self.root / "cohort.mat").astype(np.float32)
             else:
                 files = {"train_mean": [self.root / "train_mean.vec"],
-                         "plda": [self.root / "backend" / f for f in BACKEND_FILES]}[name] if self.is_bundle \
+                         "plda": [self.root / "backend" / f for f in BACKEND_FILES],
+                         "fusion": [self.root / "calibration.json"]}[name] if self.is_bundle \
                     else input_files(name, backend, self.root, self.train_set)
                 self._inputs[name] = load_input(name, files, self.embed_dim, ScoringOptions())
         return self._inputs[name]

@@ -298,7 +298,8 @@ def test_every_scorer_scores_a_trial_list():
     ei, ti = np.array([0, 1, 5, 7]), np.array([1, 4, 6, 11])
     inputs = {"train_mean": X.mean(0, dtype=np.float64), "cohort": X[:6],
               "plda": PldaBackend(lda_dim=2).fit(np.tile(X, (3, 1)) + rng.normal(size=(36, 4)),
-                                                 np.tile(labels, 3))}
+                                                 np.tile(labels, 3)),
+              "fusion": {"cosine": 0.5, "cosine_mean": 0.0, "plda": 0.25}}
     for name, scorer in SCORERS.items():
         assert set(scorer.reads) <= set(INPUTS), name
         data = crops if scorer.crops else X
@@ -307,6 +308,11 @@ def test_every_scorer_scores_a_trial_list():
         assert got.shape == (4,) and np.isfinite(got).all(), name
     np.testing.assert_allclose(SCORERS["cosine"].score(TrialSides(X, X, ei, ti), {}, ScoringOptions()),
                                cosine_score(X[ei], X[ti]), rtol=1e-5)
+    # the fusion is the weighted sum of its back-ends' scores
+    sides = TrialSides(X, X, ei, ti, np.ones(len(X)))
+    part = {b: SCORERS[b].score(sides, inputs, ScoringOptions()) for b in ("cosine", "plda")}
+    np.testing.assert_allclose(SCORERS["fusion"].score(sides, inputs, ScoringOptions()),
+                               0.5 * part["cosine"] + 0.25 * part["plda"], rtol=1e-10)
 
 
 def test_paired_dot_backends_agree():

@@ -5,6 +5,7 @@ recipe computes them); the API must give stage 3's embeddings and stage 5's scor
 """
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,8 @@ from pysv.bin import extract as extract_bin
 from pysv.bin import make_features
 from pysv.bin import score as score_bin
 from pysv.bin import train as train_bin
-from pysv.calibration import Calibration, cllr, fit_logistic, min_cllr
+from pysv.bin import calibrate as calibrate_bin
+from pysv.calibration import Calibration, cllr, fit_linear_fusion, fit_logistic, min_cllr
 from pysv.inference import write_bundle
 from pysv.utils.io import DataError, read_scores, read_table, read_trials
 
@@ -149,6 +151,70 @@ def test_logistic_calibration_recovers_the_true_llr():
     assert cal.dev_min_cllr <= cal.dev_cllr < cal.dev_min_cllr + 0.01
     llr = cal.llr(s)
     assert np.mean(llr[y == 0] >= cal.threshold) <= 0.01 + 1e-9
+
+
+def test_linear_fusion_recovers_the_true_llr_and_keeps_weights_non_negative():
+    # two independent scores of one trial: s1 ~ N(+-1, 1) (LLR 2 s1) and s2 = 10 + 3 u, u ~ N(+-0.5, 1)
+    # (LLR u = (s2 - 10) / 3): the fused LLR is 2 s1 + s2 / 3 - 10 / 3
+    rng = np.random.default_rng(5)
+    n = 20000
+    y = np.r_[np.ones(n), np.zeros(n)].astype(bool)
+    sign = np.where(y, 1.0, -1.0)
+    s1 = rng.normal(sign, 1.0)
+    s2 = 10.0 + 3.0 * rng.normal(0.5 * sign, 1.0)
+    w, b = fit_linear_fusion(np.stack([s1, s2], axis=1), y)
+    np.testing.assert_allclose(w, [2.0, 1.0 / 3.0], atol=0.05)
+    assert b == pytest.approx(-10.0 / 3.0, abs=0.2)
+    # one column: the same fit as the single back-end's calibration
+    np.testing.assert_allclose(fit_linear_fusion(s1[:, None], y, nonnegative=False)[0], [fit_logistic(s1, y)[0]])
+    # a near copy of s1 (cosine and cosine_mean): the weights stay >= 0 and the fusion is no worse than s1
+    near = np.stack([s1, s1 + rng.normal(0.0, 0.01, 2 * n)], axis=1)
+    w, b = fit_linear_fusion(near, y)
+    assert (w >= 0).all() and w.sum() == pytest.approx(2.0, abs=0.1)
+    assert cllr(near @ w + b, y) <= cllr(2 * s1, y) + 1e-3
+    # a score that ranks the wrong way gets weight 0, not a negative one
+    wrong = np.stack([s1, -rng.normal(0.5 * sign, 1.0)], axis=1)
+    assert fit_linear_fusion(wrong, y, nonnegative=False)[0][1] < -0.5
+    w, _ = fit_linear_fusion(wrong, y)
+    assert w[0] > 0 and w[1] == 0.0
+
+
+def test_calibration_fits_the_fusion_and_stage_5_and_the_api_score_it(trained, tiny_recipe, tmp_path, capsys):
+    src = trained["exp"]
+    exp = tmp_path / src.name  # a copy: the calibration and its scores stay out of the shared run
+    shutil.copytree(src, exp)
+    test = trained["test"]
+    train_set, utt2spk = tiny_recipe["train"].name, tiny_recipe["train"] / "utt2spk"
+    args = ["--exp", str(exp), "--train-set", train_set, "--utt2spk"]
+    # the fusion needs two back-ends it can combine
+    assert calibrate_bin.main(args + [str(utt2spk), "--backends", "cosine asnorm fusion"]) == 1
+    assert "fusion combines at least two of cosine, cosine_mean, plda" in capsys.readouterr().err
+    assert score_bin.main(["--exp", str(exp), "--trials", str(test / "trials"), "--test-set", test.name,
+                           "--train-set", train_set, "--backend", "fusion", "--no-plot"]) == 1
+    assert "calibration.json" in capsys.readouterr().err
+    assert calibrate_bin.main(args + [str(utt2spk), "--backends", "cosine cosine_mean plda fusion"]) == 0
+    cal = Calibration.load(exp / "calibration.json")
+    assert set(cal.fusion_weights) == {"cosine", "cosine_mean", "plda"}
+    assert all(w >= 0 for w in cal.fusion_weights.values()) and any(w > 0 for w in cal.fusion_weights.values())
+    dev = {b: {(x, z): s for x, z, s in read_scores(exp / "scores" / f"{train_set}_dev_{b}")}
+           for b in ("cosine", "cosine_mean", "plda", "fusion")}
+    for key, fused in dev["fusion"].items():
+        want = sum(w * dev[b][key] for b, w in cal.fusion_weights.items())
+        assert fused == pytest.approx(want, rel=1e-5, abs=1e-5)
+    for backend in ("cosine_mean", "fusion"):
+        assert score_bin.main(["--exp", str(exp), "--trials", str(test / "trials"), "--test-set", test.name,
+                               "--train-set", train_set, "--backend", backend, "--no-plot"]) == 0
+    recipe = {b: _recipe_scores(exp, b) for b in ("cosine", "cosine_mean", "plda", "fusion")}
+    for key, fused in recipe["fusion"].items():
+        want = sum(w * recipe[b][key] for b, w in cal.fusion_weights.items())
+        assert fused == pytest.approx(want, rel=1e-5, abs=1e-5)  # score files hold 6 significant digits
+    wavs = read_table(test / "wav.scp")
+    run = pysv.load(exp)
+    bundle = pysv.load(write_bundle(run, tmp_path / "bundle"))
+    for (a, b), want in list(recipe["fusion"].items())[:4]:
+        got = run.score(wavs[a], wavs[b], backend="fusion")
+        assert got == pytest.approx(want, abs=2e-3 * max(1, abs(want)))
+        assert bundle.score(wavs[a], wavs[b], backend="fusion") == pytest.approx(got, rel=1e-6, abs=1e-6)
 
 
 def test_calibrated_verify_uses_the_stored_threshold(trained, tmp_path):

@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tupl
 
 import numpy as np
 
+from pysv.calibration import Calibration
 from pysv.utils.io import DataError
 
 from .asnorm import asnorm_cosine_trials
@@ -20,15 +21,19 @@ from .crop_distance import crop_distance_score_trials
 from .kaldi_io import load_crops, load_embeddings, read_kaldi_vector
 from .pipeline import BACKEND_FILES, PldaBackend
 
-__all__ = ["INPUTS", "SCORERS", "Scorer", "ScoringOptions", "TrialSides", "input_files", "load_input",
-           "load_vectors"]
+__all__ = ["FUSION_COMPONENTS", "INPUTS", "SCORERS", "Scorer", "ScoringOptions", "TrialSides", "input_files",
+           "load_input", "load_vectors"]
 
 #: inputs a scorer may read besides the two sides of the trials
 INPUTS = {
     "train_mean": "mean of the training-set embeddings (stage 3), or stage 4's mean.vec",
     "cohort": "training-speaker embeddings, spk_xvector.scp of the training set (stage 3)",
     "plda": "the stage-4 back-end: mean.vec, transform.mat, plda (a PldaBackend)",
+    "fusion": "the linear-fusion weights of the stage-5 calibration, exp/<system>/calibration.json",
 }
+
+#: back-ends the ``fusion`` back-end may combine: one archive (xvector), inputs that a bundle has too
+FUSION_COMPONENTS = ("cosine", "cosine_mean", "plda")
 
 
 @dataclass
@@ -97,6 +102,16 @@ def _plda(sides: TrialSides, inputs, options: ScoringOptions) -> np.ndarray:
                                        num_enroll=sides.num_enroll)
 
 
+def _fusion(sides: TrialSides, inputs, options: ScoringOptions) -> np.ndarray:
+    """The development trials' linear fusion (pysv.bin.calibrate) of the FUSION_COMPONENTS'
+    scores: sum of weight * score (a zero weight's back-end is not scored)."""
+    out = np.zeros(len(sides.enroll_idx), dtype=np.float64)
+    for backend, weight in inputs["fusion"].items():
+        if weight:
+            out += weight * np.asarray(SCORERS[backend].score(sides, inputs, options), dtype=np.float64)
+    return out
+
+
 #: back-end name -> scorer, in the order of the results table
 SCORERS: Dict[str, Scorer] = {
     "cosine": Scorer(_cosine),
@@ -107,6 +122,8 @@ SCORERS: Dict[str, Scorer] = {
     # RawNet2 §4.2: cosine of the test-time-augmented embeddings (tta mode)
     "tta": Scorer(_cosine, archive="xvector_tta"),
     "plda": Scorer(_plda, reads=("plda",), uses_num_enroll=True),
+    # FoCal-style linear fusion of cosine / cosine_mean / plda, weights fitted on stage 5's development trials
+    "fusion": Scorer(_fusion, reads=("train_mean", "plda", "fusion"), uses_num_enroll=True),
 }
 
 
@@ -133,6 +150,8 @@ def input_files(name: str, backend: str, exp: Path, train_set: Optional[str]) ->
         return [exp / "embeddings" / train_set / "spk_xvector.scp"]
     if name == "plda":
         return [exp / "backend" / f for f in BACKEND_FILES]
+    if name == "fusion":
+        return [exp / "calibration.json"]
     raise ValueError(f"unknown scorer input '{name}'")
 
 
@@ -167,4 +186,18 @@ def load_input(name: str, files: List[Path], dim: int, options: ScoringOptions) 
             raise DataError(f"back-end in {files[0].parent} expects dimension {be.mean.mean_.size}, "
                             f"embeddings have {dim}")
         return be
+    if name == "fusion":
+        if not files[0].is_file():
+            raise DataError(f"missing {files[0]}: the fusion back-end's weights are fitted by stage 5's "
+                            "calibration (pysv.bin.calibrate --backends with fusion and two of "
+                            f"{', '.join(FUSION_COMPONENTS)})")
+        weights = Calibration.load(files[0]).fusion_weights
+        if not weights:
+            raise DataError(f"{files[0]} holds no fusion weights (its calibration did not fit the fusion: "
+                            f"pysv.bin.calibrate --backends with fusion and two of {', '.join(FUSION_COMPONENTS)})")
+        unknown = sorted(set(weights) - set(FUSION_COMPONENTS))
+        if unknown:
+            raise DataError(f"{files[0]}: fusion weight of back-end '{unknown[0]}', which the fusion cannot "
+                            f"score (it combines {', '.join(FUSION_COMPONENTS)})")
+        return {b: float(w) for b, w in weights.items()}
     raise ValueError(f"unknown scorer input '{name}'")

@@ -25,6 +25,8 @@ Back-ends (pysv.backend.SCORERS):
                embeddings (mean over crops of the training length with 20 % overlap, xvector_tta.scp)
   plda         mean subtraction → LDA → length norm → PLDA log-likelihood ratio (Kaldi
                ivector-plda-scoring; fit with python -m pysv.bin.backend)
+  fusion       sum of weight * score of cosine / cosine_mean / plda, the linear fusion that
+               stage 5's calibration fitted on development trials (exp/<system>/calibration.json)
 
 Example:
     python -m pysv.bin.score --exp exp/xvector_softmax --trials data/voxceleb1_test/trials \\
