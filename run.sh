@@ -234,9 +234,11 @@ if [[ $stage -le 5 && $stop_stage -ge 5 ]]; then
   skip_missing_flag=; [[ $skip_missing == true ]] && skip_missing_flag=--skip-missing
   for sys in $system_list; do
     # calibration (score -> LLR) and the decision threshold, on trials of the held-out training speakers
+    calibrated=false
     if [[ $calibrate == true && -f $exp/$sys/valid_speakers ]]; then
       python -m pysv.bin.calibrate --exp "$exp/$sys" --train-set "$train_set" --utt2spk "data/$train_set/utt2spk" \
         --backends "$backends" ${calibration_far:+--far "$calibration_far"} $force_flag
+      calibrated=true
     fi
     mode=$(protocol "$sys")
     sys_backends=$backends
@@ -244,7 +246,7 @@ if [[ $stage -le 5 && $stop_stage -ge 5 ]]; then
     for trials in $trial_lists; do
       for backend in $sys_backends; do
         # the fusion's weights come from the calibration: none without held-out speakers or calibrate=false
-        [[ $backend == fusion && ! ( $calibrate == true && -f $exp/$sys/valid_speakers ) ]] && continue
+        [[ $backend == fusion && $calibrated != true ]] && continue
         python -m pysv.bin.score --exp "$exp/$sys" --trials "data/$test_set/$trials" --test-set "$test_set" \
           --train-set "$train_set" --backend "$backend" $force_flag ${skip_missing_flag:-}
       done

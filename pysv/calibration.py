@@ -34,9 +34,13 @@ def _split(scores, labels) -> Tuple[np.ndarray, np.ndarray]:
     y = np.asarray(labels).astype(bool)
     if s.shape != y.shape or s.ndim != 1:
         raise ValueError(f"scores and labels must be 1-D of one length, got {s.shape} and {y.shape}")
+    _check_classes(y)
+    return s[y], s[~y]
+
+
+def _check_classes(y: np.ndarray) -> None:
     if not y.any() or y.all():
         raise DataError("calibration needs target and non-target trials")
-    return s[y], s[~y]
 
 
 def cllr(llr, labels) -> float:
@@ -78,8 +82,7 @@ def fit_linear_fusion(scores, labels, prior: float = 0.5,
     y = np.asarray(labels).astype(bool)
     if s.ndim != 2 or s.shape[0] != y.shape[0] or y.ndim != 1:
         raise ValueError(f"scores must be [trials, K] and labels [trials], got {s.shape} and {y.shape}")
-    if not y.any() or y.all():
-        raise DataError("calibration needs target and non-target trials")
+    _check_classes(y)
     scale = np.maximum(s.std(axis=0), 1e-12)
     tar, non = s[y] / scale, s[~y] / scale
     offset = math.log(prior / (1 - prior))
@@ -100,11 +103,8 @@ def fit_linear_fusion(scores, labels, prior: float = 0.5,
 
 def fit_logistic(scores, labels, prior: float = 0.5) -> Tuple[float, float]:
     """``(a, b)`` of ``llr = a * score + b`` minimising the prior-weighted cross-entropy."""
-    _check_prior(prior)
-    tar, non = _split(scores, labels)  # validates the shapes and classes
-    w, b = fit_linear_fusion(np.concatenate([tar, non])[:, None],
-                             np.concatenate([np.ones(len(tar), bool), np.zeros(len(non), bool)]), prior,
-                             nonnegative=False)
+    _split(scores, labels)  # 1-D scores and labels of one length, both classes
+    w, b = fit_linear_fusion(np.asarray(scores, dtype=np.float64)[:, None], labels, prior, nonnegative=False)
     return float(w[0]), b
 
 

@@ -187,14 +187,14 @@ def load_input(name: str, files: List[Path], dim: int, options: ScoringOptions) 
                             f"embeddings have {dim}")
         return be
     if name == "fusion":
+        fitted_by = f"pysv.bin.calibrate --backends with fusion and two of {', '.join(FUSION_COMPONENTS)}"
         if not files[0].is_file():
             raise DataError(f"missing {files[0]}: the fusion back-end's weights are fitted by stage 5's "
-                            "calibration (pysv.bin.calibrate --backends with fusion and two of "
-                            f"{', '.join(FUSION_COMPONENTS)})")
+                            f"calibration ({fitted_by})")
         weights = Calibration.load(files[0]).fusion_weights
         if not weights:
             raise DataError(f"{files[0]} holds no fusion weights (its calibration did not fit the fusion: "
-                            f"pysv.bin.calibrate --backends with fusion and two of {', '.join(FUSION_COMPONENTS)})")
+                            f"{fitted_by})")
         unknown = sorted(set(weights) - set(FUSION_COMPONENTS))
         if unknown:
             raise DataError(f"{files[0]}: fusion weight of back-end '{unknown[0]}', which the fusion cannot "
