@@ -29,6 +29,8 @@ def _one_thread():
 VARIANTS = (
     [("thin_resnet34", {}), ("thin_resnet34", {"pooling": "tap", "feat_dim": 16}),
      ("thin_resnet34", {"pooling": "asp", "feat_dim": 16}),
+     ("thin_resnet34", {"pooling": "stats", "freq_pool": "flatten", "feat_dim": 16}),
+     ("thin_resnet34", {"pooling": "sap", "freq_pool": "flatten", "last_stride": 2, "feat_dim": 13}),
      ("thin_resnet34", {"se": False, "last_stride": 2, "input_norm": "instance", "feat_dim": 16}),
      ("xvector", {}), ("xvector", {"pad_input": True}), ("xvector", {"feat_dim": 90}),
      ("saep", {}), ("saep", {"d_k": 128}), ("saep", {"d_k": 64, "d_ff": 1024}),
@@ -101,6 +103,7 @@ def test_unknown_hparam_rejected(name):
 
 @pytest.mark.parametrize("name,kw,key", [
     ("thin_resnet34", {"pooling": "max"}, "pooling"),
+    ("thin_resnet34", {"freq_pool": "max"}, "freq_pool"),
     ("xvector", {"feat_dim": 0}, "feat_dim"),
     ("saep", {"dropout": 1.5}, "dropout"),
     ("mla_resnet34", {"encoding": "mla_gap_fr"}, "encoding"),
@@ -179,6 +182,7 @@ def test_long_input_at_inference():
 # ------------------------------------------------------------------------------------------------
 INVARIANCE = [("thin_resnet34", {}), ("thin_resnet34", {"input_norm": "none"}),
               ("thin_resnet34", {"pooling": "asp", "input_norm": "mean"}),
+              ("thin_resnet34", {"pooling": "stats", "freq_pool": "flatten", "input_norm": "mean"}),
               ("xvector", {}), ("xvector", {"pad_input": True}), ("saep", {}),
               ("mla_resnet34", {}), ("mla_resnet34", {"encoding": "mla_gap"}),
               ("rawnet2", {}), ("rawnet2", {"first_layer": "conv", "fms": "mul_add_sep",
@@ -480,3 +484,16 @@ def test_build_pooling_names():
         assert isinstance(P.build_pooling(name, 8), nn.Module)
     with pytest.raises(ValueError, match="nope"):
         P.build_pooling("nope", 8)
+
+
+def test_thin_resnet34_freq_pool_feature_size():
+    """freq_pool='flatten' keeps the last stage's frequency bins as features (ResNetSE34V2 /
+    wespeaker layout): 128 channels x ceil(40 / 8) bins, and x ceil(40 / 16) with last_stride 2."""
+    assert build("thin_resnet34").pool.in_dim == 128
+    assert build("thin_resnet34", freq_pool="flatten", pooling="stats").pool.in_dim == 128 * 5
+    assert build("thin_resnet34", freq_pool="flatten", last_stride=2).pool.in_dim == 128 * 3
+    m = build("thin_resnet34", freq_pool="flatten", pooling="stats").eval()
+    with torch.no_grad():  # the features move with the frequency layout: a shifted spectrum differs
+        x = torch.randn(1, 60, 40)
+        a, b = m(x), m(torch.roll(x, 8, dims=2))
+    assert not torch.allclose(a, b, atol=1e-3)

@@ -7,7 +7,8 @@ Layout (input ``[B, T, 40]`` log-mel, seen as a 1-channel image ``[B, 1, freq, t
     layer2  4 SE basic blocks, 32 ch,  stride 2x2
     layer3  6 SE basic blocks, 64 ch,  stride 2x2
     layer4  3 SE basic blocks, 128 ch, stride 1 (``last_stride``)
-    mean over frequency -> [B, T/4, 128] -> pooling (SAP | TAP | ASP) -> Linear -> 512-d embedding
+    mean over frequency -> [B, T/4, 128] -> pooling (SAP | TAP | ASP | stats) -> Linear -> 512-d embedding
+    (``freq_pool='flatten'``: channels x frequency bins kept, [B, T/4, 128 * 5] for 40 mel bins)
 
 The basic block is voxceleb_trainer's ``SEBasicBlock``: conv3x3 - ReLU - BN - conv3x3 - BN - SE
 (reduction 8) - + shortcut - ReLU (note the ReLU *before* the first BN, kept as in the reference).
@@ -21,28 +22,36 @@ import torch
 import torch.nn as nn
 
 from pysv.models import register
-from .pooling import (AttentiveStatisticsPooling, SelfAttentivePooling, TemporalAveragePooling,
-                      check_features, mask_time, masked_moments)
+from .pooling import build_pooling, check_features, mask_time, masked_moments
 from .resnet_blocks import check_stages, init_resnet_weights, make_stage
 
-__all__ = ["ThinResNet34", "INPUT_NORMS", "normalize_over_time"]
+__all__ = ["ThinResNet34", "INPUT_NORMS", "FREQ_POOLS", "POOLINGS", "normalize_over_time"]
 
 #: per-utterance input normalisation choices of the Thin-ResNet34 (hparam ``input_norm``)
 INPUT_NORMS = ("none", "mean", "instance")
+#: how the last stage's frequency axis becomes frame features (hparam ``freq_pool``)
+FREQ_POOLS = ("mean", "flatten")
+#: temporal pooling choices (hparam ``pooling``; names of ``pysv.models.pooling.build_pooling``)
+POOLINGS = ("sap", "tap", "asp", "stats")
 
 
 @register("thin_resnet34")
 class ThinResNet34(nn.Module):
-    """Thin-ResNet34 with SAP/TAP/ASP pooling (MP-2021 / MP-2020 backbone).
+    """Thin-ResNet34 with SAP/TAP/ASP/statistics pooling (MP-2021 / MP-2020 backbone).
 
     Hyper-parameters:
       feat_dim (40): mel bins of the input.
       embed_dim (512): output embedding size (Linear after pooling).
-      pooling ('sap'): 'sap' self-attentive, 'tap' temporal average, 'asp' attentive statistics.
+      pooling ('sap'): 'sap' self-attentive, 'tap' temporal average, 'asp' attentive statistics,
+        'stats' mean and standard deviation (wespeaker's TSTP).
+      freq_pool ('mean'): how the last stage's ``[C, F/8]`` map of each frame becomes its feature
+        vector: 'mean' over frequency (``C`` dims; voxceleb_trainer's ResNetSE34L, the papers'
+        backbone) or 'flatten' (``C * ceil(F/8)`` dims with ``last_stride`` 1, the frequency layout
+        kept; voxceleb_trainer's ResNetSE34V2 and wespeaker's ResNets).
       channels ((16, 32, 64, 128)), layers ((3, 4, 6, 3)): stage widths and depths.
       se (True): squeeze-and-excitation in every block, as voxceleb_trainer's ResNetSE34L.
       se_reduction (8): SE bottleneck ratio.
-      last_stride (1): stride of layer4 (voxceleb_trainer uses 1; 2 halves time once more).
+      last_stride (1): stride of layer4 (voxceleb_trainer uses 1; 2 halves time and frequency once more).
       input_norm ('instance'): per-utterance normalisation of each mel bin over the valid frames
         (padded rows excluded) before the first convolution: 'instance' = mean and variance, as
         voxceleb_trainer's ResNetSE34L (``InstanceNorm1d`` on the log-mel input, the seeds' code);
@@ -58,11 +67,13 @@ class ThinResNet34(nn.Module):
     def __init__(self, feat_dim: int = 40, embed_dim: int = 512, pooling: str = "sap",
                  channels: Sequence[int] = (16, 32, 64, 128), layers: Sequence[int] = (3, 4, 6, 3),
                  se: bool = True, se_reduction: int = 8, last_stride: int = 1,
-                 input_norm: str = "instance"):
+                 input_norm: str = "instance", freq_pool: str = "mean"):
         super().__init__()
         channels, layers = check_stages(channels, layers)
-        if pooling not in ("sap", "tap", "asp"):
-            raise ValueError(f"pooling must be 'sap', 'tap' or 'asp', got {pooling!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        if freq_pool not in FREQ_POOLS:
+            raise ValueError(f"freq_pool must be one of {', '.join(FREQ_POOLS)}, got {freq_pool!r}")
         if last_stride not in (1, 2):
             raise ValueError(f"last_stride must be 1 or 2, got {last_stride!r}")
         if input_norm not in INPUT_NORMS:
@@ -72,7 +83,7 @@ class ThinResNet34(nn.Module):
         if embed_dim < 1:
             raise ValueError(f"embed_dim must be >= 1, got {embed_dim}")
         self.feat_dim, self.embed_dim = int(feat_dim), int(embed_dim)
-        self.input_norm = input_norm
+        self.input_norm, self.freq_pool = input_norm, freq_pool
 
         self.conv1 = nn.Conv2d(1, channels[0], 7, stride=(2, 1), padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(channels[0])
@@ -83,12 +94,11 @@ class ThinResNet34(nn.Module):
                                  relu_before_bn=True)  # reference order: ReLU, BN
             inplanes = c
         self.blocks = nn.ModuleList(blocks)
-        if pooling == "sap":
-            self.pool = SelfAttentivePooling(channels[3])
-        elif pooling == "asp":
-            self.pool = AttentiveStatisticsPooling(channels[3])
-        else:
-            self.pool = TemporalAveragePooling(channels[3])
+        # frequency bins after conv1 and layers 2-4 (each ceil(bins / stride): 'same' padding)
+        out_bins = self.feat_dim
+        for stride in (2, 2, 2, last_stride):
+            out_bins = -(-out_bins // stride)
+        self.pool = build_pooling(pooling, channels[3] * (out_bins if freq_pool == "flatten" else 1))
         self.fc = nn.Linear(self.pool.out_dim, self.embed_dim)
 
         init_resnet_weights(self)
@@ -107,7 +117,11 @@ class ThinResNet34(nn.Module):
         x = self.relu(self.bn1(self.conv1(mask_time(x, lengths))))
         for b in self.blocks:
             x, lengths = b(x, lengths)
-        x = x.mean(dim=2).transpose(1, 2)  # collapse frequency -> [B, T', C]
+        if self.freq_pool == "mean":
+            x = x.mean(dim=2)  # collapse frequency -> [B, C, T']
+        else:
+            x = x.flatten(1, 2)  # [B, C * F', T'], channel-major
+        x = x.transpose(1, 2)
         return self.fc(self.pool(x, lengths))
 
 
