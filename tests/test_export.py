@@ -68,12 +68,17 @@ def _cosine(a, b) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
+#: hyper-parameter variants exported besides each encoder's system config (option -> graph change)
+VARIANTS = {"thin_resnet34+flatten": ("thin_resnet34", dict(freq_pool="flatten", pooling="stats"))}
+
+
 def _encoder(name: str):
+    name, extra = VARIANTS.get(name, (name, {}))
     if name not in CONFIGS:
         pytest.skip(f"no conf/ system uses encoder {name!r}")
     cfg = CONFIGS[name]
     torch.manual_seed(0)
-    enc = model_lib.build(name, **{**cfg["model"]["hparams"], **SMALL.get(name, {})})
+    enc = model_lib.build(name, **{**cfg["model"]["hparams"], **SMALL.get(name, {}), **extra})
     with torch.no_grad():  # non-trivial batch-norm statistics, so eval mode differs from identity
         for m in enc.modules():
             if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
@@ -102,9 +107,10 @@ def test_torch_front_end_matches_numpy_features(feature, tmp_path):
             assert np.abs(out - ref).max() <= 1e-3, (what, seconds, float(np.abs(out - ref).max()))
 
 
-@pytest.mark.parametrize("name", model_lib.names())
+@pytest.mark.parametrize("name", [*model_lib.names(), *sorted(VARIANTS)])
 def test_exported_graphs_match_pytorch_embeddings(name, tmp_path):
     enc, cfg = _encoder(name)
+    name = VARIANTS.get(name, (name,))[0]
     feature = cfg["data"]["feature"]
     ts_path, onnx_path = tmp_path / "model.pt", tmp_path / "model.onnx"
     meta_ts = export_lib.export_torchscript(enc, cfg, ts_path, check=False)
