@@ -72,8 +72,8 @@ def _cosine(a, b) -> float:
 VARIANTS = {"thin_resnet34+flatten": ("thin_resnet34", dict(freq_pool="flatten", pooling="stats"))}
 
 
-def _encoder(name: str):
-    name, extra = VARIANTS.get(name, (name, {}))
+def _encoder(name: str, **extra):
+    """``name``'s encoder as its system config builds it, made small, ``extra`` hparams on top."""
     if name not in CONFIGS:
         pytest.skip(f"no conf/ system uses encoder {name!r}")
     cfg = CONFIGS[name]
@@ -109,8 +109,8 @@ def test_torch_front_end_matches_numpy_features(feature, tmp_path):
 
 @pytest.mark.parametrize("name", [*model_lib.names(), *sorted(VARIANTS)])
 def test_exported_graphs_match_pytorch_embeddings(name, tmp_path):
-    enc, cfg = _encoder(name)
-    name = VARIANTS.get(name, (name,))[0]
+    name, extra = VARIANTS.get(name, (name, {}))
+    enc, cfg = _encoder(name, **extra)
     feature = cfg["data"]["feature"]
     ts_path, onnx_path = tmp_path / "model.pt", tmp_path / "model.onnx"
     meta_ts = export_lib.export_torchscript(enc, cfg, ts_path, check=False)
