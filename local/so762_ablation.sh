@@ -30,7 +30,7 @@ name=so762
 print_systems=false       # true: print "ROW-DIR SYSTEM" for each row (its <exp-root>/ROW-DIR/SYSTEM) and run nothing
 . ./utils/parse_options.sh
 
-all_rows="vt mean small small_wd small_lmft small_p1 small_e128_sp5 small_m20a small_m20b small_ens small_ens_flat small_ens3 none mean_aug mean_aug_sp aam_aug aam_aug_spnew mmpb_aug aam_aug_lmft"
+all_rows="vt mean small small_wd small_lmft small_p1 small_e128_sp5 small_m20a small_m20b small_ens small_ens_flat small_ens3 small_ens_mix none mean_aug mean_aug_sp aam_aug aam_aug_spnew mmpb_aug aam_aug_lmft"
 rows=${*:-$all_rows}
 corpus=(--corpus folder --corpus-dir "$corpus_dir" --name "$name")
 aug=(--musan-dir "$noise_dir" --rirs-dir "$rir_dir")
@@ -87,6 +87,8 @@ for r in $rows; do
     # the ensemble with three members of a third of the budget each (13.3 minutes, seeds 1-3) instead
     # of two of half (RESULTS §8j)
     small_ens3)    row small_ens3 small_data_cpu_ensemble "train.ensemble=3" ;;
+    # the ensemble with a second member of another kind: angleproto, no augmentation (RESULTS §8k)
+    small_ens_mix) row small_ens_mix small_data_cpu_ensemble_mix "" ;;
     # in-budget large-margin fine-tuning (RESULTS §8c, §8d): the recipe trained for 37 minutes (stage 2
     # only), then 5 epochs of conf/small_data_cpu_lmft.yaml from its final.pt (~39 minutes in all)
     small_lmft)    [[ $print_systems == true ]] || row small_lmft small_data_cpu "train.max_minutes=37" --stop-stage 2

@@ -742,6 +742,38 @@ def test_ensemble_members_share_the_time_budget(tiny_recipe, tmp_path):
     assert [h["member"] for h in hist][:1] == [1] and hist[0]["stopped"] == "train.max_minutes"
 
 
+def test_ensemble_members_of_another_kind(tiny_recipe, tmp_path):
+    # train.member_overrides: member 2 trains with another loss, sampler and encoder width; the
+    # ensemble holds both encoders and every member keeps the system's validation speakers
+    changes = "[{}, {loss.name: softmax, sampler.kind: shuffle, model.hparams.embed_dim: 16}]"
+    exp, _ = run_train(tiny_recipe, tmp_path, "thin_resnet34_angleproto.yaml", "train.epochs=1",
+                       "train.ensemble=2", "model.hparams.embed_dim=32", f"train.member_overrides={changes}",
+                       exp_name="ens_mixed")
+    cfgs = [load_config(str(exp / "members" / m / "config.yaml")) for m in ("m1", "m2")]
+    assert [c["loss"]["name"] for c in cfgs] == ["angleproto", "softmax"]
+    assert [c["sampler"]["kind"] for c in cfgs] == ["balanced", "shuffle"]
+    assert [c["model"]["hparams"]["embed_dim"] for c in cfgs] == [32, 16]
+    assert [c["seed"] for c in cfgs] == [1, 2] and all(c["train"]["member_overrides"] == [] for c in cfgs)
+    model, cfg = checkpoint.load_encoder(exp)
+    assert model.embed_dim == 48 and len(cfg["model"]["hparams"]["members"]) == 2
+    assert load_config(str(exp / "config.yaml"))["train"]["member_overrides"][1]["loss.name"] == "softmax"
+
+
+@pytest.mark.parametrize("changes, message", [
+    ("[{data.feature: fbank64}]", "sets 'data.feature', which the members of an ensemble share"),
+    ("[{}, {data.valid_seed: 3}]", "item 2 sets 'data.valid_seed'"),
+    ("[{extract: {mode: full}}]", "sets 'extract.mode'"),
+    ("[{}, {loss.nam: softmax}]", "item 2: unknown config key 'loss.nam'"),
+    ("[{}, {sampler.kind: no_such_sampler}]", "sampler.kind"),
+    ("[{}, {}, {}]", "3 items for train.ensemble=2"),
+    ("[softmax]", "item 1 must be a mapping"),
+])
+def test_member_overrides_are_validated_by_name(changes, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_config(str(REPO / "conf" / "thin_resnet34_angleproto.yaml"),
+                    ["train.ensemble=2", f"train.member_overrides={changes}"])
+
+
 def test_ensemble_model_refuses_mixed_or_single_members():
     from pysv import models
     with pytest.raises(ValueError, match="at least 2 members"):

@@ -94,6 +94,8 @@ DEFAULTS: Dict[str, Any] = {
         "init_from": None,            # fine-tuning: encoder weights from this final.pt / checkpoint (new loss head)
         "margin_ramp": None,          # [start_epoch, end_epoch]: AM/AAM margin ramps 0 -> loss.hparams.margin
         "ensemble": 1,                # N > 1: N members, seeds seed..seed+N-1, one final.pt (pysv.train.ensemble)
+        "member_overrides": [],       # ensemble: member k's {key: value} changes of this config (a different
+                                      # loss, sampler, augmentation, encoder hparams); [] = identical members
     },
     # the system's test protocol: stage 3 always writes full-utterance embeddings (cosine / PLDA)
     # and, when mode is not full, the protocol's embeddings of the test set as well
@@ -334,6 +336,44 @@ def check_values(cfg: Dict[str, Any], check_choices: bool = True) -> None:
         if feature not in FEATURE_NAMES:
             raise ConfigError(f"config key 'data.feature': unknown feature {feature!r} "
                               f"(a name of {', '.join(FEATURE_NAMES)} or a feature yaml)")
+    overrides = flat["train.member_overrides"]
+    if overrides and len(overrides) > flat["train.ensemble"]:
+        raise ConfigError(f"config key 'train.member_overrides' has {len(overrides)} items for "
+                          f"train.ensemble={flat['train.ensemble']} members")
+    for k in range(len(overrides)):
+        member = apply_member_overrides(cfg, k)
+        member["train"]["member_overrides"] = []
+        check_values(member, check_choices)
+
+
+# what every member of an ensemble must share: the data it is trained and validated on, its input
+# features, the test protocol, and the ensemble's own keys (seed + k and the budget share are set per member)
+MEMBER_SHARED = ("seed", "system", "keep_over_profile", "data.train", "data.feature", "data.valid_speakers",
+                 "data.valid_seed", "data.valid_trials", "data.valid_data", "data.valid_max_target",
+                 "data.valid_nontarget_ratio", "extract.", "train.ensemble", "train.member_overrides",
+                 "train.max_minutes", "train.epochs", "train.init_from")
+
+
+def apply_member_overrides(cfg: Dict[str, Any], k: int) -> Dict[str, Any]:
+    """A copy of ``cfg`` with ``train.member_overrides[k]`` applied (none when the list is shorter);
+    each key validated as an override, keys of :data:`MEMBER_SHARED` refused by name."""
+    out = copy.deepcopy(cfg)
+    overrides = cfg["train"]["member_overrides"]
+    if k >= len(overrides):
+        return out
+    changes = overrides[k]
+    if not isinstance(changes, dict):
+        raise ConfigError(f"config key 'train.member_overrides': item {k + 1} must be a mapping of config "
+                          f"keys to values, got {changes!r}")
+    for key, value in _flatten_file(changes).items():
+        if any(key == s or key.startswith(s if s.endswith(".") else s + ".") for s in MEMBER_SHARED):
+            raise ConfigError(f"config key 'train.member_overrides': item {k + 1} sets '{key}', which the "
+                              "members of an ensemble share")
+        try:
+            _set(out, key, value)
+        except ConfigError as e:
+            raise ConfigError(f"config key 'train.member_overrides': item {k + 1}: {e}") from None
+    return out
 
 
 def validation_seed(cfg: Dict[str, Any]) -> int:

@@ -5,7 +5,9 @@ combined embedding = the mean of the members' cosine scores).
 Members run one after the other in ``exp/<system>/members/m<k>/`` (ordinary run directories: each
 resumes and skips like any run). Member k (0-based) trains with ``seed + k``; all hold out the same
 validation speakers (``data.valid_seed`` = the system's), so stage 5's development trials stay
-unseen by every member. A time budget ``train.max_minutes`` is the ensemble's: each member gets an
+unseen by every member. ``train.member_overrides`` makes the members differ in more than the seed
+(member k's loss, sampler, augmentation or encoder hparams; the data, features, validation speakers
+and test protocol stay shared: :data:`pysv.train.config.MEMBER_SHARED`). A time budget ``train.max_minutes`` is the ensemble's: each member gets an
 equal share of what the members before it left (a member that stops early leaves its rest to the
 others). The ensemble directory then holds ``final.pt`` (model ``ensemble`` with the members'
 resolved encoders; data / extract blocks of the system), ``config.yaml`` (the system's config as
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 from pysv.train import checkpoint
-from pysv.train.config import save_config, validation_seed
+from pysv.train.config import apply_member_overrides, save_config, validation_seed
 from pysv.utils import stage
 from pysv.utils.io import DataError, atomic_write
 
@@ -30,11 +32,13 @@ def member_dir(exp, k: int) -> Path:
 
 
 def member_config(cfg: Dict[str, Any], k: int, minutes_left=None) -> Dict[str, Any]:
-    """Member ``k``'s config (0-based): seed + k, the system's validation speakers, one share of the
-    budget left (``minutes_left`` / members still to train)."""
+    """Member ``k``'s config (0-based): the system's with its ``train.member_overrides[k]``, seed + k,
+    the system's validation speakers, one share of the budget left (``minutes_left`` / members still
+    to train)."""
     n = int(cfg["train"]["ensemble"])
-    m = copy.deepcopy(cfg)
+    m = apply_member_overrides(cfg, k)
     m["train"]["ensemble"] = 1
+    m["train"]["member_overrides"] = []
     m["seed"] = int(cfg["seed"]) + k
     m["data"]["valid_seed"] = validation_seed(cfg)
     if cfg["train"]["max_minutes"] is not None:
