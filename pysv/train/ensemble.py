@@ -9,10 +9,11 @@ unseen by every member. ``train.member_overrides`` makes the members differ in m
 (member k's loss, sampler, augmentation or encoder hparams; the data, features, validation speakers
 and test protocol stay shared: :data:`pysv.train.config.MEMBER_SHARED`). A time budget
 ``train.max_minutes`` is the ensemble's: each member gets an equal share of what the members before
-it left (a member that stops early leaves its rest to the others). The ensemble directory then holds ``final.pt`` (model ``ensemble`` with the members'
-resolved encoders; data / extract blocks of the system), ``config.yaml`` (the system's config as
-trained, with ``train.ensemble``), ``history.json`` (the members' epochs one after the other, each
-record with its ``member``), ``valid_speakers``, ``num_params`` and ``.done``.
+it left (a member that stops early leaves its rest to the others). The ensemble directory then
+holds ``final.pt`` (model ``ensemble`` with the members' resolved encoders; data / extract blocks of
+the system), ``config.yaml`` (the system's config as trained, with ``train.ensemble``),
+``history.json`` (the members' epochs one after the other, each record with its ``member``),
+``valid_speakers``, ``num_params`` and ``.done``.
 """
 from __future__ import annotations
 
