@@ -337,28 +337,28 @@ def check_values(cfg: Dict[str, Any], check_choices: bool = True) -> None:
             raise ConfigError(f"config key 'data.feature': unknown feature {feature!r} "
                               f"(a name of {', '.join(FEATURE_NAMES)} or a feature yaml)")
     overrides = flat["train.member_overrides"]
-    if overrides and len(overrides) > flat["train.ensemble"]:
+    if len(overrides) > flat["train.ensemble"]:
         raise ConfigError(f"config key 'train.member_overrides' has {len(overrides)} items for "
                           f"train.ensemble={flat['train.ensemble']} members")
     for k in range(len(overrides)):
-        member = apply_member_overrides(cfg, k)
-        member["train"]["member_overrides"] = []
-        check_values(member, check_choices)
+        check_values(apply_member_overrides(cfg, k), check_choices)
 
 
 # what every member of an ensemble must share: the data it is trained and validated on, its input
 # features, the test protocol, and the ensemble's own keys (seed + k and the budget share are set per member)
 MEMBER_SHARED = ("seed", "system", "keep_over_profile", "data.train", "data.feature", "data.valid_speakers",
                  "data.valid_seed", "data.valid_trials", "data.valid_data", "data.valid_max_target",
-                 "data.valid_nontarget_ratio", "extract.", "train.ensemble", "train.member_overrides",
+                 "data.valid_nontarget_ratio", "extract", "train.ensemble", "train.member_overrides",
                  "train.max_minutes", "train.epochs", "train.init_from")
 
 
 def apply_member_overrides(cfg: Dict[str, Any], k: int) -> Dict[str, Any]:
-    """A copy of ``cfg`` with ``train.member_overrides[k]`` applied (none when the list is shorter);
-    each key validated as an override, keys of :data:`MEMBER_SHARED` refused by name."""
+    """Member ``k``'s copy of ``cfg``: ``train.member_overrides[k]`` applied (none when the list is
+    shorter), each key validated as an override, keys of :data:`MEMBER_SHARED` refused by name; the
+    copy's own ``train.member_overrides`` is empty."""
     out = copy.deepcopy(cfg)
-    overrides = cfg["train"]["member_overrides"]
+    overrides = out["train"]["member_overrides"]
+    out["train"]["member_overrides"] = []
     if k >= len(overrides):
         return out
     changes = overrides[k]
@@ -366,7 +366,7 @@ def apply_member_overrides(cfg: Dict[str, Any], k: int) -> Dict[str, Any]:
         raise ConfigError(f"config key 'train.member_overrides': item {k + 1} must be a mapping of config "
                           f"keys to values, got {changes!r}")
     for key, value in _flatten_file(changes).items():
-        if any(key == s or key.startswith(s if s.endswith(".") else s + ".") for s in MEMBER_SHARED):
+        if any(key == s or key.startswith(s + ".") for s in MEMBER_SHARED):
             raise ConfigError(f"config key 'train.member_overrides': item {k + 1} sets '{key}', which the "
                               "members of an ensemble share")
         try:

@@ -39,7 +39,6 @@ def member_config(cfg: Dict[str, Any], k: int, minutes_left=None) -> Dict[str, A
     n = int(cfg["train"]["ensemble"])
     m = apply_member_overrides(cfg, k)
     m["train"]["ensemble"] = 1
-    m["train"]["member_overrides"] = []
     m["seed"] = int(cfg["seed"]) + k
     m["data"]["valid_seed"] = validation_seed(cfg)
     if cfg["train"]["max_minutes"] is not None:
