@@ -77,8 +77,8 @@ for r in $rows; do
     # minutes each, seeds 1 and 2, the same held-out validation speakers (data.valid_seed)
     small_m20a)    row small_m20a small_data_cpu "train.max_minutes=20" ;;
     small_m20b)    row small_m20b small_data_cpu "train.max_minutes=20 seed=2 data.valid_seed=1" ;;
-    # the recommended recipe as run.sh --systems small trains it: conf/small_data_cpu_ensemble.yaml
-    # (train.ensemble: 2, 20 + 20 minutes; RESULTS §8f)
+    # the seed ensemble, run.sh --systems small from RESULTS §8f until §8k: conf/small_data_cpu_ensemble.yaml
+    # (train.ensemble: 2, 20 + 20 minutes)
     small_ens)     row small_ens small_data_cpu_ensemble "" ;;
     # the ensemble with the frequency layout of the last stage kept (channels x 5 bins per frame,
     # voxceleb_trainer's ResNetSE34V2 / wespeaker) and mean + std pooling (wespeaker's TSTP) instead
@@ -87,7 +87,8 @@ for r in $rows; do
     # the ensemble with three members of a third of the budget each (13.3 minutes, seeds 1-3) instead
     # of two of half (RESULTS §8j)
     small_ens3)    row small_ens3 small_data_cpu_ensemble "train.ensemble=3" ;;
-    # the ensemble with a second member of another kind: angleproto, no augmentation (RESULTS §8k)
+    # the recommended recipe as run.sh --systems small trains it (RESULTS §8k, §8l): the ensemble with a
+    # second member of another kind, angleproto without augmentation (conf/small_data_cpu_ensemble_mix.yaml)
     small_ens_mix) row small_ens_mix small_data_cpu_ensemble_mix "" ;;
     # in-budget large-margin fine-tuning (RESULTS §8c, §8d): the recipe trained for 37 minutes (stage 2
     # only), then 5 epochs of conf/small_data_cpu_lmft.yaml from its final.pt (~39 minutes in all)

@@ -189,15 +189,15 @@ def test_run_sh_refuses_set_names_outside_the_safe_characters():
 
 
 def test_run_sh_refuses_a_system_that_augments_without_the_sets(tmp_path):
-    # --systems small (conf/small_data_cpu_ensemble.yaml, based on small_data_cpu.yaml) trains with
-    # augmentation: without --musan-dir / --rirs-dir (and no
+    # --systems small (conf/small_data_cpu_ensemble_mix.yaml, its first member small_data_cpu.yaml)
+    # trains with augmentation: without --musan-dir / --rirs-dir (and no
     # manifests from an earlier stage 0) run.sh stops before any stage and names the flag to pass
     if (REPO / "data" / "manifests" / "musan_recordings.jsonl.gz").exists():
         pytest.skip("this checkout holds augmentation manifests from an earlier run")
     r = subprocess.run(["./run.sh", "--corpus", "folder", "--corpus-dir", str(tmp_path), "--systems", "small"],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
-    assert ("system small_data_cpu_ensemble trains with the augmentation set "
+    assert ("system small_data_cpu_ensemble_mix trains with the augmentation set "
             "data/manifests/musan_recordings.jsonl.gz") in r.stderr
     assert "pass --musan-dir DIR" in r.stderr and "stage 0" not in r.stdout
 
