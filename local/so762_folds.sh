@@ -28,6 +28,7 @@
 # utt2spk, score files and compare_<back-end>.json).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+. ./path.sh    # the project's environment: the pooling below runs python itself
 
 folds=5
 fold=
