@@ -206,7 +206,7 @@ def test_so762_folds_pools_the_folds_scores_and_compares(tmp_path):
     """local/so762_folds.sh --compare-only: the test trials of the folds whose rows all have scores are
     pooled, per back-end (cosine; dev = each fold's calibration choice), and compared over speakers."""
     for script in ("local/so762_folds.sh", "local/so762_folds_mean.py", "local/so762_ablation.sh",
-                   "utils/parse_options.sh"):
+                   "utils/parse_options.sh", "path.sh"):
         (tmp_path / script).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / script, tmp_path / script)
     rng = np.random.default_rng(0)
