@@ -36,6 +36,9 @@ test_data_dir=            # kaldi: Kaldi data dir of the test set
 trials=                   # kaldi: trial list of the test set (default: <test-data-dir>/trials, else generated)
 musan_dir=                # optional: MUSAN root (e.g. ../shared/data/noise): training augmentation with it
 rirs_dir=                 # optional: RIRS_NOISES root (e.g. ../shared/data/rir): reverberation in training
+site_musan_dir=../shared/data/noise  # this site's MUSAN-like folder: stage 0 prepares it, without --musan-dir,
+site_rirs_dir=../shared/data/rir     # when a selected system's own config trains with the set (e.g. --systems
+                          # small); the other systems still train without augmentation. Empty: refuse instead
 vad=none                  # stage 1: energy = keep only voiced frames (Kaldi compute-vad, VoxCeleb options)
 speed_perturb=none        # training: none | new (0.9/1.0/1.1 on the fly, copies = new speakers) | same (same speakers)
 systems=default           # default | paper | all | list of conf/<system>.yaml names
@@ -90,15 +93,26 @@ esac
 system_list=$(python -m pysv.bin.systems list $systems)
 log "corpus $corpus: train $train_set, test $test_set; systems: $(echo $system_list)"
 # a system whose own config trains with augmentation (e.g. small_data_cpu) needs the sets' manifests,
-# which stage 0 writes from --musan-dir / --rirs-dir: refuse now rather than at stage 2
+# which stage 0 writes from --musan-dir / --rirs-dir, or else from the site's folders (--site-musan-dir /
+# --site-rirs-dir, as Kaldi recipes name their site's MUSAN and RIR folders) when they exist; those only
+# prepare the sets (prepare_*_dir), they do not turn augmentation on for every system as the flags do.
+# Neither, or stage 0 not run: refuse now rather than at stage 2
+prepare_musan_dir=$musan_dir; prepare_rirs_dir=$rirs_dir
+runs_stage0=false; [[ $stage -le 0 && $stop_stage -ge 0 ]] && runs_stage0=true
 while read -r aug_sys aug_set aug_manifest; do
   [[ -z ${aug_sys:-} || -f $aug_manifest ]] && continue
-  aug_flag=--musan-dir; aug_dir=$musan_dir
-  [[ $aug_set == rirs ]] && aug_flag=--rirs-dir && aug_dir=$rirs_dir
-  if [[ -z $aug_dir ]]; then
+  if [[ $aug_set == rirs ]]; then aug_flag=--rirs-dir; site_dir=$site_rirs_dir; aug_dir=$prepare_rirs_dir
+  else aug_flag=--musan-dir; site_dir=$site_musan_dir; aug_dir=$prepare_musan_dir; fi
+  if [[ -z $aug_dir && -n $site_dir && -d $site_dir && $runs_stage0 == true ]]; then
+    aug_dir=$site_dir
+    if [[ $aug_set == rirs ]]; then prepare_rirs_dir=$site_dir; else prepare_musan_dir=$site_dir; fi
+    log "system $aug_sys trains with the augmentation set $aug_set; no $aug_flag given: stage 0 prepares" \
+        "it from the site's folder $site_dir (the other systems train without augmentation)"
+  fi
+  if [[ -z $aug_dir || $runs_stage0 == false ]]; then
     echo "run.sh: system $aug_sys trains with the augmentation set $aug_manifest (conf/$aug_sys.yaml" \
          "data.augment.$aug_set), which is not prepared: pass $aug_flag DIR (e.g. $aug_flag" \
-         "../shared/data/$([[ $aug_set == rirs ]] && echo rir || echo noise)) so that stage 0 writes it" >&2
+         "../shared/data/$([[ $aug_set == rirs ]] && echo rir || echo noise)) and run stage 0, which writes it" >&2
     exit 1
   fi
 done < <(python -m pysv.bin.systems augment-sets $system_list)
@@ -134,8 +148,9 @@ if [[ $stage -le 0 && $stop_stage -ge 0 ]]; then
                 --test-data-dir "$test_data_dir" ${trials:+--trials "$trials"} --nontarget-ratio "$nontarget_ratio" \
                 --on-rate-mismatch "$on_rate_mismatch" --min-utt-duration "$min_utt_duration" $force_flag ;;
   esac
-  if [[ -n $musan_dir || -n $rirs_dir ]]; then
-    local/prepare_augmentation.sh --data-root data ${musan_dir:+--musan-dir "$musan_dir"} ${rirs_dir:+--rirs-dir "$rirs_dir"}
+  if [[ -n $prepare_musan_dir || -n $prepare_rirs_dir ]]; then
+    local/prepare_augmentation.sh --data-root data ${prepare_musan_dir:+--musan-dir "$prepare_musan_dir"} \
+      ${prepare_rirs_dir:+--rirs-dir "$prepare_rirs_dir"}
   fi
 fi
 

@@ -190,16 +190,44 @@ def test_run_sh_refuses_set_names_outside_the_safe_characters():
 
 def test_run_sh_refuses_a_system_that_augments_without_the_sets(tmp_path):
     # --systems small (conf/small_data_cpu_ensemble_mix.yaml, its first member small_data_cpu.yaml)
-    # trains with augmentation: without --musan-dir / --rirs-dir (and no
-    # manifests from an earlier stage 0) run.sh stops before any stage and names the flag to pass
+    # trains with augmentation: without --musan-dir / --rirs-dir, without the site's folders and without
+    # manifests from an earlier stage 0, run.sh stops before any stage and names the flag to pass
     if (REPO / "data" / "manifests" / "musan_recordings.jsonl.gz").exists():
         pytest.skip("this checkout holds augmentation manifests from an earlier run")
-    r = subprocess.run(["./run.sh", "--corpus", "folder", "--corpus-dir", str(tmp_path), "--systems", "small"],
+    none = str(tmp_path / "absent")
+    r = subprocess.run(["./run.sh", "--corpus", "folder", "--corpus-dir", str(tmp_path), "--systems", "small",
+                        "--site-musan-dir", none, "--site-rirs-dir", none],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     assert ("system small_data_cpu_ensemble_mix trains with the augmentation set "
             "data/manifests/musan_recordings.jsonl.gz") in r.stderr
     assert "pass --musan-dir DIR" in r.stderr and "stage 0" not in r.stdout
+    # with the site's folders present but stage 0 not run, nothing would write the manifests: refused too
+    (tmp_path / "noise").mkdir()
+    r = subprocess.run(["./run.sh", "--corpus", "folder", "--corpus-dir", str(tmp_path), "--systems", "small",
+                        "--stage", "1", "--site-musan-dir", str(tmp_path / "noise"), "--site-rirs-dir", none],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "pass --musan-dir DIR" in r.stderr and "stage 1" not in r.stdout
+
+
+def test_run_sh_prepares_a_systems_sets_from_the_sites_folders(tmp_path):
+    # the command `./run.sh --corpus folder --corpus-dir <dir> --systems small` without the flags:
+    # stage 0 prepares the sets from --site-musan-dir / --site-rirs-dir (default ../shared/data/noise, rir)
+    # and says so; only for the systems that train with them. An empty corpus then stops stage 0 early,
+    # before anything is written.
+    if (REPO / "data" / "manifests" / "musan_recordings.jsonl.gz").exists():
+        pytest.skip("this checkout holds augmentation manifests from an earlier run")
+    for d in ("corpus", "noise", "rir"):
+        (tmp_path / d).mkdir()
+    r = subprocess.run(["./run.sh", "--corpus", "folder", "--corpus-dir", str(tmp_path / "corpus"), "--systems",
+                        "small", "--site-musan-dir", str(tmp_path / "noise"), "--site-rirs-dir", str(tmp_path / "rir"),
+                        "--name", "sitetest"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    for aug_set, flag, d in (("musan", "--musan-dir", "noise"), ("rirs", "--rirs-dir", "rir")):
+        assert (f"trains with the augmentation set {aug_set}; no {flag} given: stage 0 prepares it from the "
+                f"site's folder {tmp_path / d}") in r.stdout
+    assert "stage 0: data preparation" in r.stdout and r.returncode != 0
+    assert f"corpus directory {tmp_path / 'corpus'} has no" in r.stderr
+    assert not (REPO / "data" / "sitetest_train").exists()
 
 
 def test_so762_folds_pools_the_folds_scores_and_compares(tmp_path):
