@@ -101,15 +101,14 @@ prepare_musan_dir=$musan_dir; prepare_rirs_dir=$rirs_dir
 runs_stage0=false; [[ $stage -le 0 && $stop_stage -ge 0 ]] && runs_stage0=true
 while read -r aug_sys aug_set aug_manifest; do
   [[ -z ${aug_sys:-} || -f $aug_manifest ]] && continue
-  if [[ $aug_set == rirs ]]; then aug_flag=--rirs-dir; site_dir=$site_rirs_dir; aug_dir=$prepare_rirs_dir
-  else aug_flag=--musan-dir; site_dir=$site_musan_dir; aug_dir=$prepare_musan_dir; fi
-  if [[ -z $aug_dir && -n $site_dir && -d $site_dir && $runs_stage0 == true ]]; then
-    aug_dir=$site_dir
-    if [[ $aug_set == rirs ]]; then prepare_rirs_dir=$site_dir; else prepare_musan_dir=$site_dir; fi
+  # aug_set is musan or rirs: its flag --<set>-dir, its variables prepare_<set>_dir and site_<set>_dir
+  aug_flag=--$aug_set-dir; dir_var=prepare_${aug_set}_dir; site_dir_var=site_${aug_set}_dir
+  if [[ -z ${!dir_var} && -n ${!site_dir_var} && -d ${!site_dir_var} && $runs_stage0 == true ]]; then
+    printf -v "$dir_var" %s "${!site_dir_var}"
     log "system $aug_sys trains with the augmentation set $aug_set; no $aug_flag given: stage 0 prepares" \
-        "it from the site's folder $site_dir (the other systems train without augmentation)"
+        "it from the site's folder ${!dir_var} (the other systems train without augmentation)"
   fi
-  if [[ -z $aug_dir || $runs_stage0 == false ]]; then
+  if [[ -z ${!dir_var} || $runs_stage0 == false ]]; then
     echo "run.sh: system $aug_sys trains with the augmentation set $aug_manifest (conf/$aug_sys.yaml" \
          "data.augment.$aug_set), which is not prepared: pass $aug_flag DIR (e.g. $aug_flag" \
          "../shared/data/$([[ $aug_set == rirs ]] && echo rir || echo noise)) and run stage 0, which writes it" >&2
